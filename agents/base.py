@@ -1,0 +1,151 @@
+"""
+The small interface every agent backend implements (offline mutation, Anthropic
+API, external coding-agent command).
+
+A Proposer reads a ResearchContext (mainline train.py, program.md, what the
+journal already judged) and writes Hypotheses. An Implementer turns one
+Hypothesis into edits of the editable files in a checkout of the mainline; the
+coordinator commits whatever changed there as the candidate.
+
+hypothesis_key() gives a stable identity for near-duplicate detection: two
+hypotheses that set the same constants to the same values (up to float noise)
+have the same key, whatever their titles say.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+RISKS = ("low", "medium", "high")
+
+# Significant digits kept when comparing float values in keys: 0.06 and
+# 0.060000000001 are the same experiment, 0.06 and 0.061 are not.
+KEY_FLOAT_DIGITS = 4
+
+
+@dataclass
+class Hypothesis:
+    hypothesis_id: str
+    title: str
+    rationale: str
+    expected_effect: str
+    risk: str  # one of RISKS
+    agent: str
+    track: str | None = None
+    mainline_commit: str | None = None
+    params: dict[str, Any] | None = None  # constant name -> new value (offline agent)
+    patch: str | None = None  # unified diff of editable files (code-writing agents)
+
+    def to_dict(self) -> dict:
+        """Plain dict (JSON-ready) of all fields, e.g. for a hypothesis_proposed event."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Hypothesis":
+        """Inverse of to_dict; ignores keys that are not fields (event extras)."""
+        names = cls.__dataclass_fields__.keys()
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class ResearchContext:
+    track: str | None
+    mainline_commit: str | None
+    program_md: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # mainline editable files: path -> text
+    # Past hypotheses, one dict each: title, params, verdict, effect_bpb,
+    # effect_sigma, mainline_commit, trials (missing keys read as None).
+    history: list[dict] = field(default_factory=list)
+    noise_floor: float | None = None
+    notes: list[str] = field(default_factory=list)  # lab notes
+
+
+class ImplementationError(Exception):
+    """A hypothesis could not be turned into a candidate; .reason says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Proposer(ABC):
+    name: str = "proposer"
+
+    @abstractmethod
+    def propose(self, ctx: ResearchContext, n: int) -> list[Hypothesis]:
+        """Up to n new hypotheses for ctx's mainline (fewer when out of ideas)."""
+
+
+class Implementer(ABC):
+    name: str = "implementer"
+
+    @abstractmethod
+    def implement(self, h: Hypothesis, workspace: Path) -> None:
+        """Edit the editable files in place in `workspace` (a checkout of
+        h.mainline_commit). Raise ImplementationError(reason) when it cannot."""
+
+
+# ---------------------------------------------------------------------------
+# Near-duplicate keys
+# ---------------------------------------------------------------------------
+
+
+def _norm_value(value: Any) -> Any:
+    """JSON-ready canonical form: ints and integral floats alike, floats to
+    KEY_FLOAT_DIGITS significant digits, tuples as lists."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer():
+            return int(value)
+        return float(f"{value:.{KEY_FLOAT_DIGITS}g}")
+    if isinstance(value, (list, tuple)):
+        return [_norm_value(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _norm_value(v) for k, v in value.items()}
+    return repr(value)
+
+
+def params_key(params: Mapping[str, Any]) -> str:
+    """Stable key of a params change: same names and (nearly) same values -> same key."""
+    canonical = {str(k): _norm_value(v) for k, v in params.items()}
+    return "params:" + json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """True when two constant values are equal for experiment purposes (4 == 4.0,
+    (0.8, 0.95) == [0.8, 0.95], float noise below KEY_FLOAT_DIGITS ignored)."""
+    return _norm_value(a) == _norm_value(b)
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
+
+
+def _norm_title(title: str) -> str:
+    def number(m: re.Match) -> str:
+        return str(_norm_value(float(m.group(0))))
+
+    text = _NUMBER.sub(number, title.lower())
+    text = re.sub(r"[^\w.+\-*/=<>]+", " ", text)  # punctuation/whitespace runs -> one space
+    return text.strip(" .")
+
+
+def hypothesis_key(h: Hypothesis | Mapping[str, Any]) -> str:
+    """Key of a Hypothesis or a history entry (dict with "params" and/or "title").
+    Params decide when present; otherwise the normalized title (case, spacing,
+    punctuation and number formatting ignored)."""
+    if isinstance(h, Hypothesis):
+        params, title = h.params, h.title
+    else:
+        params, title = h.get("params"), h.get("title")
+    if params:
+        return params_key(params)
+    return "title:" + _norm_title(title or "")

@@ -1,0 +1,500 @@
+"""
+The offline agent: proposes and implements hypotheses with no language model.
+
+It perturbs the hyperparameter constants of train.py (learning rates, batch
+sizes, depth, schedule ratios, window pattern, Adam betas). Each knob's
+candidate values are derived from its current value; what overnight runs kept
+winning (shared/RESEARCH-NOTES.md) only raises sampling weights, never rules
+anything out. It never repeats a change the journal already holds for the same
+mainline commit; once the mainline moves, earlier values become eligible again
+(losers with lower weight), because the optimum of one knob moves when the
+others change. Now and then it combines two earlier near-wins.
+
+Deterministic: the same seed and the same context give the same hypotheses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from agents.base import (
+    Hypothesis,
+    ImplementationError,
+    Implementer,
+    Proposer,
+    ResearchContext,
+    hypothesis_key,
+    params_key,
+    same_value,
+)
+from agents.constants import Constant, ConstantsError, coerce, format_value, read_constants, rewrite_constants
+
+AGENT_NAME = "offline"
+EDITABLE_FILE = "train.py"
+COMBINE_PROB = 0.15  # chance that a hypothesis combines two earlier near-wins
+PREFER_BOOST = 2.0  # weight multiplier for a step in the direction public runs favoured
+SAME_KNOB_DECAY = 0.3  # after one change to a knob in a batch, its other values weigh this much
+NEAR_WIN_SIGMA = -1.0  # effect_sigma at or below this counts as a near-win (minimizing)
+# Weight of a value judged on an earlier mainline, by its verdict there (not
+# judged on any mainline: 1.0). Promising ones deserve another look most.
+RETRY_WEIGHT = {"promising": 1.5, "confirmed": 0.5, "discard": 0.5, "crash": 0.25, "invalid": 0.1}
+
+
+# ---------------------------------------------------------------------------
+# Search space: one Knob per constant, candidate values derived from the current one
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    value: Any
+    label: str  # "x1.4", "+1", "-0.1", "more short-window layers"
+    risk: str
+    direction: str  # "up" / "down"
+
+
+@dataclass(frozen=True)
+class Knob:
+    what: str  # short description for the rationale
+    steps: Callable[[Any], list[Step]]  # current value -> candidate steps
+    weight: float = 1.0  # prior weight of touching this knob at all
+    prefer: str | None = None  # direction public runs favoured
+    reason: str = ""  # why, from RESEARCH-NOTES.md
+
+
+def _sig(x: float, digits: int = 3) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def multiplicative(factors, risks=None, digits=3):
+    """Steps cur * f for positive numbers (ints stay ints: only exact products)."""
+    risks = risks or {}
+
+    def steps(cur):
+        if not _is_num(cur) or cur <= 0:
+            return []
+        out = []
+        for f in factors:
+            if isinstance(cur, int):
+                v = cur * f
+                if v != int(v) or v < 1:
+                    continue
+                v = int(v)
+            else:
+                v = _sig(cur * f, digits)
+            risk = risks.get(f, "medium" if f <= 0.5 or f >= 2 else "low")
+            out.append(Step(v, f"x{f:g}", risk, "up" if f > 1 else "down"))
+        return out
+
+    return steps
+
+
+def rounded_scale(factors, risk_up="high", risk_down="medium"):
+    """Steps round(cur * f) for positive ints (model width)."""
+
+    def steps(cur):
+        if not isinstance(cur, int) or isinstance(cur, bool) or cur <= 0:
+            return []
+        return [
+            Step(max(1, round(cur * f)), f"x{f:g}", risk_up if f > 1 else risk_down, "up" if f > 1 else "down")
+            for f in factors
+        ]
+
+    return steps
+
+
+def int_steps(deltas, lo=1):
+    def steps(cur):
+        if not isinstance(cur, int) or isinstance(cur, bool):
+            return []
+        out = []
+        for d in deltas:
+            if cur + d >= lo:
+                risk = "low" if d < 0 else ("medium" if d == 1 else "high")
+                out.append(Step(cur + d, f"{d:+d}", risk, "up" if d > 0 else "down"))
+        return out
+
+    return steps
+
+
+def ratio_steps(deltas=(-0.2, -0.1, 0.1, 0.2)):
+    """Fractions in [0, 1]: additive steps, clipped."""
+
+    def steps(cur):
+        if not _is_num(cur) or not 0 <= cur <= 1:
+            return []
+        out = []
+        for d in deltas:
+            v = round(min(1.0, max(0.0, cur + d)), 2)
+            out.append(Step(float(v), f"{d:+g}", "low", "up" if d > 0 else "down"))
+        return out
+
+    return steps
+
+
+def weight_decay_steps(cur):
+    if not _is_num(cur) or cur < 0:
+        return []
+    if cur == 0:
+        return [Step(v, f"={v:g}", "medium", "up") for v in (0.01, 0.05, 0.1)]
+    return [Step(0.0, "off", "medium", "down")] + multiplicative((0.5, 2.0))(float(cur))
+
+
+WINDOW_PATTERNS = ("L", "SL", "SSL", "SSSL", "SSSSSSSL")
+
+
+def window_steps(cur):
+    """Other S/L layer patterns; more short-window (S) layers is cheaper attention."""
+    if not isinstance(cur, str) or not cur or set(cur.upper()) - set("SL"):
+        return []
+
+    def short_frac(p):
+        return p.upper().count("S") / len(p)
+
+    out = []
+    for p in WINDOW_PATTERNS:
+        more, fewer = short_frac(p) > short_frac(cur), short_frac(p) < short_frac(cur)
+        label = "more short-window layers" if more else "fewer short-window layers" if fewer else "other layout"
+        out.append(Step(p, label, "low", "up" if more else "down"))
+    return out
+
+
+def betas_steps(cur):
+    """Move one beta toward 1 (halve 1-beta: longer memory) or away (double it)."""
+    if not isinstance(cur, (tuple, list)) or len(cur) != 2 or not all(_is_num(b) and 0 < b < 1 for b in cur):
+        return []
+    out = []
+    for i in range(2):
+        for f, direction in ((0.5, "up"), (2.0, "down")):
+            b = round(1 - (1 - cur[i]) * f, 4)
+            if not 0.5 <= b < 1:
+                continue
+            new = list(cur)
+            new[i] = b
+            out.append(Step(tuple(new), f"beta{i + 1} {cur[i]:g}->{b:g}", "medium", direction))
+    return out
+
+
+_HIGHER_LR = "higher learning rates across groups kept winning (matrix 0.04 -> 0.06-0.07, embedding 0.6 -> 1.0-1.75, unembedding 0.004 -> 0.008)"
+_LR = multiplicative((0.5, 0.7, 1.4, 2.0))
+
+KNOBS: dict[str, Knob] = {
+    "MATRIX_LR": Knob("learning rate of the matrix parameters", _LR, 1.2, "up", _HIGHER_LR),
+    "EMBEDDING_LR": Knob("learning rate of the token embeddings", _LR, 1.2, "up", _HIGHER_LR),
+    "UNEMBEDDING_LR": Knob("learning rate of the output head", _LR, 1.2, "up", _HIGHER_LR),
+    "SCALAR_LR": Knob("learning rate of the scalar parameters", _LR, 0.8, "up", _HIGHER_LR),
+    "WARMDOWN_RATIO": Knob("fraction of the budget spent in LR warmdown", ratio_steps(), 1.5, "up",
+                           "a longer warmdown (0.7 -> 1.0) was kept repeatedly in one Mac run"),
+    "WARMUP_RATIO": Knob("fraction of the budget spent in LR warmup", ratio_steps(), 1.3, "up",
+                         "some warmup (0 -> 0.2) was among six schedule keeps in a row"),
+    "FINAL_LR_FRAC": Knob("final LR as a fraction of the peak", ratio_steps(), 1.3, "up",
+                          "a non-zero final LR fraction kept winning"),
+    "TOTAL_BATCH_SIZE": Knob("tokens per optimizer step", multiplicative((0.25, 0.5, 2.0), {0.5: "low"}), 1.3, "down",
+                             "smaller total batch (2^16 -> 2^14) kept winning on small machines (more steps) until gradient noise stopped it"),
+    "DEVICE_BATCH_SIZE": Knob("sequences per forward/backward pass", multiplicative((0.5, 2.0), {0.5: "low", 2.0: "high"}), 0.5),
+    "DEPTH": Knob("number of transformer layers", int_steps((-2, -1, 1, 2)), 1.2, "down",
+                  "on a fixed time budget steps beat size: depth 8 -> 4 was the largest single win on a Mac; deeper models reliably lost"),
+    "ASPECT_RATIO": Knob("model width per layer (model_dim = DEPTH * ASPECT_RATIO)", rounded_scale((0.5, 0.75, 1.5, 2.0)), 0.8, "up",
+                         "width over depth won (n_embd 256 -> 512 at depth 4)"),
+    "HEAD_DIM": Knob("attention head dimension", multiplicative((0.5, 2.0)), 0.4),
+    "WINDOW_PATTERN": Knob("sliding-window layer pattern (S short, L long)", window_steps, 1.0, "up",
+                           "cheaper attention (more short-window layers) gave the biggest late win: more steps in the budget"),
+    "WEIGHT_DECAY": Knob("weight decay", weight_decay_steps, 1.0, "down", "zero or decaying weight decay won on short runs"),
+    "ADAM_BETAS": Knob("Adam betas", betas_steps, 0.6),
+}
+
+# Constants not in KNOBS are perturbed only when their name says what they are.
+GENERIC_KNOBS = {
+    "_LR": Knob("learning rate", _LR, 0.5),
+    "_RATIO": Knob("fraction", ratio_steps(), 0.5),
+    "_FRAC": Knob("fraction", ratio_steps(), 0.5),
+}
+
+
+def knob_for(name: str, knobs: dict[str, Knob] = KNOBS) -> Knob | None:
+    if name in knobs:
+        return knobs[name]
+    for suffix, knob in GENERIC_KNOBS.items():
+        if name.endswith(suffix):
+            return knob
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Proposer
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Option:
+    params: dict
+    key: str
+    weight: float
+    title: str
+    rationale: str
+    expected: float  # expected effect on val_bpb (negative = better)
+    risk: str
+    knobs: tuple  # names it touches
+
+
+def _fmt(c: Constant, value: Any) -> str:
+    return format_value(value, c.source)
+
+
+class OfflineProposer(Proposer):
+    """Mutation proposer over train.py's constants.
+
+    seed: RNG seed (same seed + same context -> same hypotheses).
+    combine_prob: chance per hypothesis of combining two earlier near-wins.
+    knobs: search space by constant name (default KNOBS).
+    path: the editable file whose constants are perturbed.
+    """
+
+    name = AGENT_NAME
+
+    def __init__(self, seed: int = 0, combine_prob: float = COMBINE_PROB,
+                 knobs: dict[str, Knob] | None = None, path: str = EDITABLE_FILE):
+        self.seed = seed
+        self.combine_prob = combine_prob
+        self.knobs = KNOBS if knobs is None else knobs
+        self.path = path
+        # keys this instance proposed, per (track, mainline): not repeated even
+        # before the journal's history shows them
+        self._proposed: dict[tuple, set[str]] = {}
+        self._parsed: tuple[str, dict[str, Constant]] | None = None  # (text, constants) of the last call
+
+    # -- public -------------------------------------------------------------
+
+    def propose(self, ctx: ResearchContext, n: int) -> list[Hypothesis]:
+        if n <= 0:
+            return []
+        constants = self._constants(ctx)
+        mine = self._proposed.setdefault((ctx.track, ctx.mainline_commit), set())
+        taken, earlier = self._judged(ctx)
+        taken |= mine
+
+        singles = self._singles(constants, taken, earlier)
+        combos = self._combos(constants, taken, ctx.history)
+        rng = random.Random(self._rng_seed(ctx, taken))
+
+        out = []
+        while len(out) < n and (singles or combos):
+            use_combo = combos and (not singles or rng.random() < self.combine_prob)
+            pool = combos if use_combo else singles
+            opt = pool.pop(self._pick(rng, pool))
+            for o in singles:  # spread one batch over several knobs
+                if set(o.knobs) & set(opt.knobs):
+                    o.weight *= SAME_KNOB_DECAY
+            mine.add(opt.key)
+            out.append(self._hypothesis(opt, ctx, rng))
+        return out
+
+    # -- pieces -------------------------------------------------------------
+
+    def _constants(self, ctx: ResearchContext) -> dict[str, Constant]:
+        if self.path not in ctx.files:
+            raise ValueError(
+                f"ResearchContext.files has no {self.path!r} (has: {sorted(ctx.files) or 'nothing'}); "
+                f"the offline agent perturbs the constants of {self.path}: pass the mainline's text there"
+            )
+        text = ctx.files[self.path]
+        if self._parsed is None or self._parsed[0] != text:
+            try:
+                self._parsed = (text, read_constants(text, self.path))
+            except ConstantsError as e:
+                raise ValueError(f"mainline {self.path} of {ctx.mainline_commit}: {e}") from None
+        return self._parsed[1]
+
+    @staticmethod
+    def _judged(ctx: ResearchContext) -> tuple[set[str], dict[str, dict]]:
+        """(keys already in the journal for this mainline, latest entry per key
+        from other mainlines)."""
+        taken, earlier = set(), {}
+        for entry in ctx.history:
+            key = hypothesis_key(entry)
+            if entry.get("mainline_commit") == ctx.mainline_commit:
+                taken.add(key)
+            else:
+                earlier[key] = entry
+        return taken, earlier
+
+    def _singles(self, constants, taken, earlier) -> list[_Option]:
+        out = []
+        for name, c in constants.items():
+            knob = knob_for(name, self.knobs)
+            if knob is None:
+                continue
+            seen = set()
+            for step in knob.steps(c.value):
+                try:
+                    value = coerce(name, c.value, step.value)
+                except ConstantsError:
+                    continue
+                params = {name: value}
+                key = params_key(params)
+                if same_value(value, c.value) or key in taken or key in seen:
+                    continue
+                seen.add(key)
+                favoured = knob.prefer is not None and step.direction == knob.prefer
+                weight = knob.weight * (PREFER_BOOST if favoured else 1.0)
+                old, new = _fmt(c, c.value), _fmt(c, value)
+                why = f"Public runs: {knob.reason}." if favoured and knob.reason else "Exploration around the current value."
+                retry = ""
+                if key in earlier:
+                    e = earlier[key]
+                    weight *= RETRY_WEIGHT.get(e.get("verdict"), 1.0)
+                    retry = " " + _retry_note(e)
+                expected = -0.01 if favoured else -0.005
+                out.append(_Option(
+                    params=params, key=key, weight=weight,
+                    title=f"{name} {old} -> {new}",
+                    rationale=f"Set {name} ({knob.what}) from {old} to {new} ({step.label}). {why}{retry}",
+                    expected=expected, risk=step.risk, knobs=(name,),
+                ))
+        return out
+
+    def _combos(self, constants, taken, history) -> list[_Option]:
+        """Pairs of earlier near-wins (any mainline) on disjoint constants,
+        still different from the current values."""
+        if self.combine_prob <= 0:
+            return []
+        wins, seen = [], set()
+        for entry in history:
+            params = entry.get("params") or {}
+            if not params or not _near_win(entry):
+                continue
+            try:
+                changed = {k: coerce(k, constants[k].value, v) for k, v in params.items()}
+            except (KeyError, ConstantsError):
+                continue  # names gone from train.py, or values that no longer fit
+            changed = {k: v for k, v in changed.items() if not same_value(v, constants[k].value)}
+            key = params_key(changed)
+            if changed and key not in seen:
+                seen.add(key)
+                wins.append((changed, entry))
+        out = []
+        for i, (a, ea) in enumerate(wins):
+            for b, eb in wins[i + 1:]:
+                if set(a) & set(b):
+                    continue
+                params = {**a, **b}
+                key = params_key(params)
+                if key in taken:
+                    continue
+                parts = [f"{k} {_fmt(constants[k], constants[k].value)} -> {_fmt(constants[k], v)}" for k, v in params.items()]
+                out.append(_Option(
+                    params=params, key=key, weight=1.0,
+                    title=" + ".join(parts),
+                    rationale=(f"Combine two earlier near-wins: {ea.get('title') or params_key(a)} "
+                               f"({_effect_text(ea)}) and {eb.get('title') or params_key(b)} ({_effect_text(eb)}); "
+                               "each alone was below significance, together they may clear the noise floor."),
+                    expected=-0.02, risk="medium", knobs=tuple(params),
+                ))
+        return out
+
+    def _rng_seed(self, ctx: ResearchContext, taken: set[str]) -> int:
+        h = hashlib.sha256()
+        h.update(json.dumps([self.seed, ctx.track, ctx.mainline_commit, sorted(taken)]).encode())
+        h.update(ctx.files[self.path].encode("utf-8", "surrogatepass"))
+        return int.from_bytes(h.digest()[:8], "big")
+
+    @staticmethod
+    def _pick(rng: random.Random, pool: list[_Option]) -> int:
+        r = rng.random() * sum(o.weight for o in pool)
+        for i, o in enumerate(pool):
+            r -= o.weight
+            if r < 0:
+                return i
+        return len(pool) - 1
+
+    def _hypothesis(self, opt: _Option, ctx: ResearchContext, rng: random.Random) -> Hypothesis:
+        effect = f"{opt.expected:+.3f} bpb"
+        if ctx.noise_floor:
+            effect += f" (~{abs(opt.expected) / ctx.noise_floor:.1f} sigma of the noise floor {ctx.noise_floor:.3g})"
+        return Hypothesis(
+            hypothesis_id=uuid.UUID(int=rng.getrandbits(128), version=4).hex,
+            title=opt.title,
+            rationale=opt.rationale,
+            expected_effect=effect,
+            risk=opt.risk,
+            agent=self.name,
+            track=ctx.track,
+            mainline_commit=ctx.mainline_commit,
+            params=dict(opt.params),
+        )
+
+
+def _near_win(entry: dict) -> bool:
+    if entry.get("verdict") == "promising":
+        return True
+    sigma = entry.get("effect_sigma")
+    return entry.get("verdict") == "discard" and sigma is not None and sigma <= NEAR_WIN_SIGMA
+
+
+def _effect_text(entry: dict) -> str:
+    parts = [f"verdict {entry.get('verdict')}"]
+    if entry.get("effect_bpb") is not None:
+        parts.append(f"{entry['effect_bpb']:+.4f} bpb")
+    if entry.get("effect_sigma") is not None:
+        parts.append(f"{entry['effect_sigma']:+.1f} sigma")
+    return ", ".join(parts)
+
+
+def _retry_note(entry: dict) -> str:
+    commit = (entry.get("mainline_commit") or "?")[:8]
+    return (f"Retry: judged on an earlier mainline {commit} ({_effect_text(entry)}); "
+            "the optimum of one knob moves when the others change.")
+
+
+# ---------------------------------------------------------------------------
+# Implementer
+# ---------------------------------------------------------------------------
+
+
+class OfflineImplementer(Implementer):
+    """Sets hypothesis.params as constants of train.py in the workspace."""
+
+    name = AGENT_NAME
+
+    def __init__(self, path: str = EDITABLE_FILE):
+        self.path = path
+
+    def implement(self, h: Hypothesis, workspace: Path) -> None:
+        if h.patch:
+            raise ImplementationError(
+                f"hypothesis {h.hypothesis_id} carries a patch; the offline implementer only sets "
+                f"constants from params: use a patch-applying implementer"
+            )
+        if not h.params or not isinstance(h.params, dict):
+            raise ImplementationError(
+                f"hypothesis {h.hypothesis_id} has no params (constant name -> value) to set in {self.path}"
+            )
+        bad = [k for k in h.params if not isinstance(k, str)]
+        if bad:
+            raise ImplementationError(f"hypothesis {h.hypothesis_id}: params names must be strings, got {bad!r}")
+        file = Path(workspace) / self.path
+        if not file.is_file():
+            raise ImplementationError(f"{file} not found: the workspace must be a checkout of the research repo")
+        # newline="" keeps \r\n files as they are
+        with open(file, encoding="utf-8", newline="") as f:
+            text = f.read()
+        try:
+            new = rewrite_constants(text, h.params, self.path)
+            compile(new, self.path, "exec")
+        except ConstantsError as e:
+            raise ImplementationError(f"hypothesis {h.hypothesis_id} ({h.title}): {e}") from None
+        except SyntaxError as e:
+            raise ImplementationError(f"hypothesis {h.hypothesis_id}: rewritten {self.path} does not compile: {e}") from None
+        if new != text:
+            with open(file, "w", encoding="utf-8", newline="") as f:
+                f.write(new)

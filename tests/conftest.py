@@ -1,0 +1,86 @@
+"""
+Shared test fixtures.
+
+- blas_env(): {"LD_PRELOAD": <OpenBLAS>} when the library exists (else {}): MLX's CPU matmuls
+  go from ~6 to ~195 GFLOP/s with it. Add it to the env of every MLX *training* subprocess.
+- tiny_data (session): a synthetic corpus (tests/datagen.py) prepared once with
+  `prepare.py --profile tiny --source ...` into a tmp AUTORESEARCH_CACHE.
+  .env = {AUTORESEARCH_CACHE, AUTORESEARCH_PROFILE="tiny", + blas_env()} to merge into a
+  subprocess env; .cache_dir = the profile's cache dir; .cache_root; .corpus_dir.
+- prepare_module(tiny_data): the prepare module imported in-process with that environment.
+"""
+
+import importlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
+TINY_CORPUS_DOCS = 12000  # ~6 MB of text: val/test hold ~600 documents each (> tiny EVAL_TOKENS)
+
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def blas_env():
+    """LD_PRELOAD of OpenBLAS for MLX training subprocesses; empty when the library is missing."""
+    return {"LD_PRELOAD": OPENBLAS} if os.path.exists(OPENBLAS) else {}
+
+
+@dataclass
+class TinyData:
+    cache_root: Path
+    cache_dir: Path
+    corpus_dir: Path
+    env: dict = field(default_factory=dict)
+    prepare_output: str = ""
+
+
+def run_prepare(args, env_extra, timeout=300):
+    """Run prepare.py as a subprocess from the repo root; returns CompletedProcess (text)."""
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, "prepare.py", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    from datagen import write_corpus
+
+    base = tmp_path_factory.mktemp("tiny_data")
+    corpus = write_corpus(base / "corpus", n_docs=TINY_CORPUS_DOCS, seed=0)
+    cache_root = base / "cache"
+    env = {"AUTORESEARCH_CACHE": str(cache_root), "AUTORESEARCH_PROFILE": "tiny", **blas_env()}
+    r = run_prepare(["--profile", "tiny", "--source", str(corpus)],
+                    {k: v for k, v in env.items() if k != "LD_PRELOAD"})
+    if r.returncode != 0:
+        pytest.fail(f"prepare.py failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return TinyData(cache_root=cache_root, cache_dir=cache_root / "tiny", corpus_dir=corpus,
+                    env=env, prepare_output=r.stdout)
+
+
+@pytest.fixture(scope="session")
+def prepare_module(tiny_data):
+    """prepare imported in this process against tiny_data's cache. prepare reads its environment
+    at import, so it is (re)loaded with the tiny env set, and os.environ is restored afterwards.
+    Note: this reloads the shared `prepare` module object in sys.modules."""
+    saved = {k: os.environ.get(k) for k in ("AUTORESEARCH_CACHE", "AUTORESEARCH_PROFILE", "AUTORESEARCH_EVAL_TOKENS")}
+    os.environ["AUTORESEARCH_CACHE"] = str(tiny_data.cache_root)
+    os.environ["AUTORESEARCH_PROFILE"] = "tiny"
+    os.environ.pop("AUTORESEARCH_EVAL_TOKENS", None)
+    try:
+        import prepare
+        prepare = importlib.reload(prepare)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert prepare.PROFILE == "tiny" and prepare.CACHE_DIR == str(tiny_data.cache_dir)
+    return prepare
