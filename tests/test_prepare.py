@@ -304,6 +304,17 @@ def test_evaluate_bpb_matches_hand_computation(prepare_module, monkeypatch):
     m = KnownLossModel()
     test_bpb = prepare.evaluate_bpb(m, tok, split="test")
     assert m.batch_sizes[0] == 32 and math.isfinite(test_bpb)
+    # the held-out switch the swarm uses on promotion: EVAL_SPLIT=test scores the test split
+    val_bpb = prepare.evaluate_bpb(KnownLossModel(), tok)
+    assert val_bpb != pytest.approx(test_bpb, rel=1e-9)
+    monkeypatch.setattr(prepare, "EVAL_SPLIT", "test")
+    assert prepare.evaluate_bpb(KnownLossModel(), tok) == pytest.approx(test_bpb, rel=1e-9)
+
+
+def test_eval_split_env_is_validated(tiny_data):
+    env = {**os.environ, **tiny_data.env, "AUTORESEARCH_EVAL_SPLIT": "train"}
+    r = subprocess.run([sys.executable, "-c", "import prepare"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "AUTORESEARCH_EVAL_SPLIT must be 'val' or 'test'" in r.stderr
 
 
 class TinyLM(nn.Module):
