@@ -20,16 +20,22 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
 TINY_CORPUS_DOCS = 12000  # ~6 MB of text: val/test hold ~600 documents each (> tiny EVAL_TOKENS)
 
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# Ray 2.60 under `uv run` re-launches its workers through `uv run` in a fresh, empty
+# environment unless told not to; tests (and the swarm) run workers in this venv.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
 
 def blas_env():
     """LD_PRELOAD of OpenBLAS for MLX training subprocesses; empty when the library is missing."""
-    return {"LD_PRELOAD": OPENBLAS} if os.path.exists(OPENBLAS) else {}
+    from worker.runner import openblas_path
+
+    path = openblas_path()
+    return {"LD_PRELOAD": path} if path else {}
 
 
 @dataclass

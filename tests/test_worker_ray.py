@@ -20,7 +20,7 @@ def test_worker_as_ray_actor(tmp_path):
 
     assert ACTOR_OPTIONS["resources"] == {"mlx": 1} and ACTOR_OPTIONS["num_cpus"] == 0
     path, base = standin_repo(tmp_path / "src")
-    ray.init(num_cpus=1, resources={"mlx": 1}, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, resources={"mlx": 1}, include_dashboard=False, log_to_driver=False)
     try:
         actor = remote_class().remote("ray-1", str(tmp_path / "w"), campaign="raytest", heartbeat_s=0)
         ray.get(actor.load_repo.remote(make_full_bundle(path)), timeout=120)

@@ -12,11 +12,8 @@ import shlex
 import sys
 try:
     import tomllib
-except ImportError:  # Python 3.10: the same parser from PyPI
-    try:
-        import tomli as tomllib
-    except ImportError:
-        tomllib = None
+except ImportError:  # Python 3.10: the same parser from PyPI (a declared dependency there)
+    import tomli as tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -113,8 +110,6 @@ class Target:
 
     @classmethod
     def from_toml(cls, text: str, where: str = TARGET_FILE) -> "Target":
-        if tomllib is None:
-            raise TargetError(f"reading {where} needs Python >= 3.11 (tomllib) or `pip install tomli`")
         try:
             d = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
