@@ -18,7 +18,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 
-from prepare import (EVAL_TOKENS, MAX_SEQ_LEN, PROFILE, TIME_BUDGET, Tokenizer, data_fingerprint,
+from prepare import (EVAL_SPLIT, EVAL_TOKENS, MAX_SEQ_LEN, PROFILE, TIME_BUDGET, Tokenizer, data_fingerprint,
                      evaluate_bpb, get_peak_flops, make_dataloader)
 
 # bf16 weights/activations on an accelerator (Metal, CUDA); fp32 on the CPU backend,
@@ -518,6 +518,6 @@ if __name__ == "__main__":
         "num_params_M": num_params / 1e6, "depth": DEPTH, "profile": PROFILE, "seed": args.seed,
         "backend": backend, "dtype": dtype_name, "data_fingerprint": data_fingerprint(),
         "time_budget": int(time_budget) if float(time_budget).is_integer() else time_budget,
-        "eval_tokens": EVAL_TOKENS,
+        "eval_tokens": EVAL_TOKENS, "eval_split": EVAL_SPLIT,
     }
     print("summary_json: " + json.dumps(summary), flush=True)

@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EVAL_TOKENS = 4096  # smoke-sized eval (AUTORESEARCH_EVAL_TOKENS): 16 rows of 256 tokens
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                 "total_tokens_M", "num_steps", "num_params_M", "depth", "profile"]
-JSON_KEYS = SUMMARY_KEYS + ["seed", "backend", "dtype", "data_fingerprint", "time_budget", "eval_tokens"]
+JSON_KEYS = SUMMARY_KEYS + ["seed", "backend", "dtype", "data_fingerprint", "time_budget", "eval_tokens", "eval_split"]
 STEP_LINE = re.compile(r"^step (\d{5}) \((\d+\.\d)%\) \| loss: (\d+\.\d{6}) \| lrm: (\d+\.\d\d) \| dt: (\d+)ms \| "
                        r"tok/sec: ([\d,]+) \| mfu: (\d+\.\d)% \| epoch: (\d+) \| remaining: (\d+)s$")
 
@@ -85,7 +85,7 @@ def test_tiny_run_learns_and_reports_summary(run_seed0, tiny_data):
     assert math.isfinite(s["val_bpb"]) and 0 < s["val_bpb"] < 10, r
     assert abs(float(r.block["val_bpb"]) - s["val_bpb"]) < 1e-6
     assert s["profile"] == "tiny" and s["seed"] == 0 and s["backend"] == "cpu" and s["dtype"] == "float32"
-    assert s["time_budget"] == 8 and s["eval_tokens"] == EVAL_TOKENS
+    assert s["time_budget"] == 8 and s["eval_tokens"] == EVAL_TOKENS and s["eval_split"] == "val"
     fingerprint = json.loads((tiny_data.cache_dir / "fingerprint.json").read_text())["fingerprint"]
     assert s["data_fingerprint"] == fingerprint
     assert s["num_steps"] == int(r.block["num_steps"]) == r.steps[-1]["step"] + 1

@@ -20,7 +20,7 @@ from pathlib import Path
 
 # Variables passed through from the worker's own environment (names, or prefixes ending in _).
 ENV_ALLOW = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "USER", "LOGNAME",
-             "AUTORESEARCH_")
+             "AUTORESEARCH_", "MALLOC_")  # MALLOC_*: glibc malloc tuning (MLX CPU allocations)
 # Names that are never passed on, even when given explicitly: credentials and the journal URL.
 SECRET_NAME = re.compile(r"(^ANTHROPIC_|_TOKEN$|_KEY$|SECRET|PASSWORD|PASSWD|^SWARM_JOURNAL$|^REDIS)",
                          re.IGNORECASE)
