@@ -1,0 +1,851 @@
+"""
+The campaign loop: the Ray driver that keeps every worker busy and writes every decision.
+
+    reason = Campaign(cfg).run()     # until --until, --max-trials, Ctrl-C, `swarm stop`, or no more work
+
+One pass of the loop:
+  sync       read new journal events into the state (workers' results, progress,
+             heartbeats, stop requests; the coordinator's own decisions too)
+  reconcile  make every decision the state is missing: verdicts, re-test
+             decisions, promotions and reverts, the next merge, held-out results,
+             ports of a win to the other tracks
+  leases     a trial whose worker stopped answering loses it (journaled as
+             aborted, counted once) and is needed again
+  fill       the agent runs ahead: hypotheses -> candidates, so a free worker never waits
+  dispatch   scheduler assignments -> run_trial.remote on idle workers
+  wait       ray.wait on running trials (and joining workers), at most poll_s
+
+The state is the journal: every decision is an event first and an effect
+(a branch moved) second, so a coordinator killed at any point and restarted
+with the same campaign rebuilds the same state, aborts and re-runs the trials
+it had in flight, resets the mainline branches to what the journal says, and
+never merges a candidate twice.
+"""
+
+from __future__ import annotations
+
+import gc
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from coordinator.config import SwarmConfig, config_from_dict, default_campaign_tag
+from coordinator.mainline import MainlineRepo, PatchImplementer
+from coordinator.scheduler import Policy, fresh_candidates, next_decision, pending_decisions, schedule, work
+from coordinator.state import CampaignState
+
+SOURCE = "coordinator"
+# Settings that define how a campaign judges: a resumed campaign keeps the ones it started with.
+CAMPAIGN_DEFINING = ("baseline_trials", "retest_trials", "confidence", "min_effect", "max_seeds",
+                     "time_budget", "seed", "smoke", "heldout")
+DISCOVER_S = 10.0          # how often the cluster is checked for mlx resources without a worker
+ABORT_WAIT_S = 15.0        # on stop: how long aborted trials get to report back
+STOP_WAIT_S = 10.0         # on stop: how long workers get to flush their journal and exit
+MAX_WORKER_ABORTS = 3      # a worker that aborts this many trials in a row is retired
+PORT_AGENT = "port"        # agent name of hypotheses that carry another track's win
+HELDOUT_ENV = {"AUTORESEARCH_EVAL_SPLIT": "test"}
+
+
+class CampaignError(RuntimeError):
+    """The campaign cannot start or go on; the message says what to do."""
+
+
+@dataclass
+class WorkerSlot:
+    name: str
+    actor: object
+    track: str | None = None
+    ready: bool = False            # joined: repo loaded, info read, worker_joined written
+    journaled: bool = False        # writes its own trial events to the journal
+    trial: str | None = None       # trial id running now
+    ref: object = None             # its run_trial ref
+    dispatched: float = 0.0
+    alive_at: float = 0.0          # last answer to a heartbeat() ping
+    ping: object = None            # heartbeat() ref in flight
+    aborts: int = 0                # aborted trials in a row
+    info: dict = field(default_factory=dict)
+
+
+def _log(msg: str):
+    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+class Campaign:
+    def __init__(self, cfg: SwarmConfig, agent=None, resume_only: bool = False, log=_log, worker_class=None):
+        """agent: (proposer, implementer) to use instead of cfg.agent. resume_only: refuse to start
+        a new campaign (swarm resume). worker_class: a Ray actor class with worker/actor.py's API
+        (default: the real worker; bench/scale.py passes a stand-in)."""
+        self.cfg = cfg
+        self.worker_class = worker_class
+        self.log = log
+        self.resume_only = resume_only
+        self._agent = agent
+        self.state: CampaignState | None = None
+        self.journal = None
+        self.mainline: MainlineRepo | None = None
+        self.pos = None
+        self.workers: dict[str, WorkerSlot] = {}
+        self.joining: dict = {}            # ref -> (slot, stage) while a worker loads and reports
+        self.own_ray = False
+        self.interrupted = 0
+        self.finished_here = 0             # counted trials that finished in this run
+        self.exhausted: dict = {}          # (track, mainline) -> judged count when the agent had nothing more
+        self.load_bytes: bytes | None = None  # the bundle every worker loads (the initial commit)
+        self.files_cache: dict = {}
+        self.next_discover = 0.0
+        self.worker_problems: dict[str, str] = {}
+        self.warned: set = set()
+        self.opened = False                # campaign_started/resumed written by this run
+
+    # ------------------------------------------------------------------ start
+    def run(self) -> str:
+        """Run until a stop condition; returns the reason. Raises CampaignError when it cannot start."""
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        reason, error = "stopped", False
+        try:
+            self._open()
+            self._start_ray()
+            self._discover(force=True)
+            reason, error = self._loop()
+            return reason
+        except KeyboardInterrupt:
+            reason, error = "interrupted twice: trials were abandoned", True
+            raise
+        except BaseException as e:
+            reason, error = f"coordinator error: {type(e).__name__}: {e}", True
+            raise
+        finally:
+            try:
+                self._shutdown(reason, error)
+            finally:
+                if old_handler is not None:
+                    signal.signal(signal.SIGINT, old_handler)
+
+    def _on_sigint(self, signum, frame):
+        self.interrupted += 1
+        if self.interrupted == 1:
+            self.log("Ctrl-C: stopping (running trials are aborted and re-queued on resume); "
+                     "Ctrl-C again to quit at once")
+        else:
+            raise KeyboardInterrupt
+
+    def _open(self):
+        from journal import open_journal
+        from worker import Target
+
+        cfg = self.cfg
+        self.mainline = MainlineRepo(cfg.repo_path, None, cfg.swarm_dir)   # a git repo, or a clear error
+        self.mainline.head_commit()                                         # with a commit, or a clear error
+        if not cfg.journal:
+            cfg.swarm_dir.mkdir(parents=True, exist_ok=True)
+        probe = open_journal(cfg.journal_url)
+        try:
+            have = probe.campaigns()
+        finally:
+            probe.close()
+        tag = cfg.campaign
+        if tag is None:
+            if self.resume_only:
+                if not have:
+                    raise CampaignError(f"no campaign to resume in {cfg.journal_url}: start one with `swarm run`")
+                tag = have[0]
+            else:
+                tag = default_campaign_tag()
+        if self.resume_only and tag not in have:
+            raise CampaignError(f"no campaign {tag!r} in {cfg.journal_url} (campaigns there: "
+                                f"{', '.join(have) or 'none'}); start it with `swarm run --campaign {tag}`")
+        cfg.campaign = tag
+        self.journal = open_journal(cfg.journal_url, campaign=tag)
+        self.mainline.tag = tag
+        self.state = CampaignState(tag)
+        self._sync(live=False)
+        gc.freeze()     # the replayed state lives as long as the process: keep it out of GC passes
+
+        st = self.state
+        if st.started is None:
+            initial = self.mainline.head_commit()
+            toml = self.mainline.read(initial, "target.toml")
+            self.target = Target.from_toml(toml.decode(), "target.toml") if toml is not None else Target()
+        else:
+            self._check_resumable()
+        # everything that can refuse to start is checked before the campaign's first event
+        self.policy = Policy.from_config(self.cfg, self.target.direction)
+        self.proposer, self.implementer = self._agent or self._make_agent()
+        self.patcher = PatchImplementer()
+        if st.started is None:
+            self._start_new(initial)
+        else:
+            self._resume()
+        self.opened = True
+
+    def _start_new(self, initial: str):
+        cfg = self.cfg
+        dirty = self.mainline.uncommitted(list(self.target.editable) + list(self.target.fixed))
+        if dirty:
+            self.log(f"note: uncommitted changes in {', '.join(dirty)} are not part of the campaign "
+                     f"(it starts from the commit {initial[:12]}); commit them first to include them")
+        self.mainline.pin_initial(initial)
+        fixed = self.mainline.fixed_hashes(initial, self.target.fixed)
+        self._emit("campaign_started", config=cfg.to_dict(), target=self.target.to_dict(),
+                   initial_commit=initial, fixed_hashes=fixed, repo=str(cfg.repo_path))
+        self.log(f"campaign {cfg.campaign}: started from {initial[:12]} in {cfg.repo_path} "
+                 f"(journal {self.journal.url})")
+
+    def _check_resumable(self):
+        """The campaign's repository and settings, before anything is journaled."""
+        from worker import Target
+
+        st = self.state
+        if not st.initial_commit or self.mainline.rev(st.initial_commit) is None:
+            raise CampaignError(f"campaign {self.cfg.campaign}: the repository {self.cfg.repo_path} does not "
+                                f"have its initial commit {st.initial_commit}; resume it from the clone it "
+                                f"was started in")
+        self.target = Target.from_dict(st.target) if st.target else Target()
+        recorded = config_from_dict(st.config or {})
+        kept = []
+        for key in CAMPAIGN_DEFINING:
+            if key in (st.config or {}) and getattr(self.cfg, key) != getattr(recorded, key):
+                kept.append(f"{key}={getattr(recorded, key)!r}")
+                setattr(self.cfg, key, getattr(recorded, key))
+        if kept:
+            self.log(f"note: resuming with the campaign's own {', '.join(kept)}")
+
+    def _resume(self):
+        st = self.state
+        self._emit("campaign_resumed", config=self.cfg.to_dict())
+        # trials a previous coordinator had in flight keep their lease: a worker that still
+        # reports finishes them (its result counts); a silent one loses them (aborted, re-run)
+        if st.leases:
+            self.log(f"{len(st.leases)} trial(s) were in flight: they are re-queued unless their worker "
+                     f"reports within the lease ({self.cfg.lease_s:g}s)")
+        for track, ts in st.swarm.items():
+            want = st.merges[ts.merge].commit if ts.merge else ts.trusted
+            have = self.mainline.branch_commit(track)
+            if have != want:
+                self.mainline.set_branch(track, want)
+                self.log(f"mainline {self.mainline.branch(track)} was at {(have or 'nothing')[:12]}, the "
+                         f"journal says {want[:12]}: reset it")
+        self.log(f"campaign {self.cfg.campaign}: resumed ({st.count} events, {st.finished_count} trials, "
+                 f"{len(st.merges)} merges)")
+
+    def _make_agent(self):
+        """(proposer, implementer): the offline agent, a backend of agents/factory.py, or a factory."""
+        name = self.cfg.agent
+        if name == "offline":
+            from agents.offline import OfflineImplementer, OfflineProposer
+            return OfflineProposer(seed=self.cfg.seed), OfflineImplementer()
+        if ":" not in name:
+            from agents.factory import make_agents
+            settings = {"offline": {"seed": self.cfg.seed}, **self.cfg.agents, "backend": name}
+            settings.setdefault("editable", list(self.target.editable))
+            made = make_agents(settings, None, announce=self.log)
+            return made.proposer, made.implementer
+        import importlib
+        module, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise CampaignError(f"agent {name!r}: cannot load {attr} from {module} ({e})") from None
+        made = factory(self.cfg, self.journal)
+        if not (isinstance(made, tuple) and len(made) == 2):
+            raise CampaignError(f"agent factory {name} must return (proposer, implementer)")
+        return made
+
+    # ------------------------------------------------------------------ journal
+    def _sync(self, live: bool = True):
+        now = time.time() if live else None
+        for pos, ev in self.journal.read(after=self.pos):
+            self.state.apply(ev, pos, now=now)
+            self.pos = pos
+
+    def _emit(self, type_, **data):
+        ev = self.journal.emit(type_, source=SOURCE, **data)
+        self._sync()
+        return ev
+
+    def _abort_trial(self, trial_id: str, reason: str):
+        """Journal a trial as aborted (counted once; a late result is ignored) unless it finished."""
+        t = self.state.trials.get(trial_id)
+        lease = self.state.leases.get(trial_id)
+        if t is not None and t.status != "running":
+            return
+        src = lease or t
+        if src is None:
+            return
+        self._emit("trial_finished", trial_id=trial_id, worker=src.worker, track=src.track,
+                   commit=src.commit, seed=src.seed, kind=src.kind, candidate_id=src.candidate_id,
+                   status="aborted", crash_class=None, reason=reason, val_bpb=None, metrics={},
+                   log_tail="", log_path=None, timings={})
+
+    # ------------------------------------------------------------------ Ray and workers
+    def _start_ray(self):
+        import os
+
+        import ray
+        if ray.is_initialized():
+            return
+        # under `uv run`, Ray would re-launch its workers through `uv run` in a packaged copy of
+        # the current directory; the workers belong in this environment (as on every worker Mac)
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        if self.cfg.address:
+            ray.init(address=self.cfg.address, log_to_driver=False)
+        else:
+            ray.init(address="local", num_cpus=1, resources={"mlx": self.cfg.workers or 1},
+                     include_dashboard=False,
+                     log_to_driver=False)
+        self.own_ray = True
+
+    def _wanted_workers(self) -> int:
+        import ray
+        if self.cfg.address is None and self.own_ray:
+            return self.cfg.workers or 1
+        total = int(ray.cluster_resources().get("mlx", 0))
+        return min(total, self.cfg.workers) if self.cfg.workers else total
+
+    def _worker_journal(self) -> str | None:
+        """What the workers write their events to: the journal when they can reach it."""
+        url = self.cfg.journal_url
+        if "://" in url:
+            return url
+        import ray
+        here = ray.util.get_node_ip_address()
+        if all(n["NodeManagerAddress"] == here for n in ray.nodes() if n.get("Alive")):
+            return url
+        if "remote-sqlite" not in self.warned:
+            self.warned.add("remote-sqlite")
+            self.log("note: the embedded journal is a file on this machine; workers on other machines report "
+                     "through the coordinator (no live progress). Use --journal redis://... for a cluster.")
+        return None
+
+    def _discover(self, force: bool = False):
+        """Start a worker for every mlx resource without one (at start, and when nodes join)."""
+        now = time.time()
+        if not force and now < self.next_discover:
+            return
+        self.next_discover = now + (DISCOVER_S if self.workers else 1.0)
+        import ray
+
+        want = self._wanted_workers()
+        have = len(self.workers)
+        free = int(ray.available_resources().get("mlx", 0))
+        if want == 0 and force:
+            raise CampaignError("no `mlx` resource in the Ray cluster: start each worker machine with "
+                                "`ray start --address=HEAD:PORT --resources='{\"mlx\": 1}'`")
+        if have >= want or free < 1:
+            return
+        journal_url = self._worker_journal()
+        if self.load_bytes is None:
+            self.load_bytes = self.mainline.load_bundle(self.state.initial_commit)
+        if self.worker_class is None:
+            from worker.actor import remote_class
+            self.worker_class = remote_class()
+        cls = self.worker_class
+        for _ in range(min(want - have, free)):
+            name = next(f"w{i}" for i in range(1, 10**6) if f"w{i}" not in self.workers)
+            workdir = (str(self.cfg.workdir_path / name) if self.cfg.address is None or self.cfg.workdir
+                       else f"~/.autoresearch-swarm/workers/{self.cfg.campaign}/{name}")
+            actor = cls.remote(name, workdir, journal_url, self.cfg.campaign, None,
+                               self.state.fixed_hashes, dict(self.cfg.env))
+            slot = WorkerSlot(name, actor, journaled=journal_url is not None)
+            self.workers[name] = slot
+            self.joining[actor.load_repo.remote(self.load_bytes)] = (slot, "load")
+
+    def _on_joining(self, ref):
+        import ray
+        slot, stage = self.joining.pop(ref)
+        try:
+            got = ray.get(ref)
+        except Exception as e:
+            self._retire(slot, f"could not start: {type(e).__name__}: {e}", joined=False)
+            return
+        if stage == "load":
+            self.joining[slot.actor.info.remote()] = (slot, "info")
+            return
+        info = got
+        slot.info = info
+        if info.get("problem"):
+            self.worker_problems[slot.name] = info["problem"]
+            self._retire(slot, f"cannot run trials: {info['problem']}", joined=False)
+            return
+        track = info.get("track")
+        if self.cfg.time_budget:
+            parts = track.split("/")
+            parts[-2] = f"{float(self.cfg.time_budget):g}s"
+            track = "/".join(parts)
+        fp = self.state.fingerprints.get(track)
+        if fp and info.get("data_fingerprint") != fp:
+            self._retire(slot, f"its data fingerprint {info.get('data_fingerprint')} differs from track "
+                               f"{track}'s {fp}: prepare the same data on it", joined=False)
+            return
+        slot.track, slot.ready, slot.alive_at = track, True, time.time()
+        self._emit("worker_joined", worker=slot.name, track=track, hardware_class=info.get("hardware_class"),
+                   hardware=info.get("hardware"), data_fingerprint=info.get("data_fingerprint"),
+                   profile=info.get("profile"), time_budget=self.cfg.time_budget or info.get("time_budget"),
+                   mlx_backend=info.get("mlx_backend"), mlx_version=info.get("mlx_version"))
+        self.log(f"worker {slot.name} joined track {track}")
+        self._check_track_mainline(track)
+
+    def _check_track_mainline(self, track: str):
+        ts = self.state.track_state(track)
+        want = self.state.merges[ts.merge].commit if ts.merge else ts.trusted
+        if self.mainline.branch_commit(track) != want:
+            self.mainline.set_branch(track, want)
+
+    def _retire(self, slot: WorkerSlot, reason: str, joined: bool = True):
+        """Take a worker out: its trial (if any) is aborted and needed again."""
+        import ray
+        self.workers.pop(slot.name, None)
+        if slot.trial is not None:
+            self._abort_trial(slot.trial, f"worker {slot.name} lost: {reason}")
+            slot.trial = slot.ref = None
+        if joined or slot.ready:
+            self._emit("worker_lost", worker=slot.name, reason=reason)
+        self.log(f"worker {slot.name} out: {reason}")
+        try:
+            ray.kill(slot.actor, no_restart=True)
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------------ the loop
+    def _loop(self) -> tuple[str, bool]:
+        while True:
+            self._sync()
+            stop = self._stop_condition()
+            if stop:
+                return stop
+            self._reconcile()
+            if self.state.fatal:
+                continue
+            self._check_leases()
+            self._discover()
+            self._fill()
+            dispatched = self._dispatch()
+            if not dispatched and self._out_of_work():
+                return "no more work: every track's agent is out of hypotheses and nothing is running", False
+            if not self.workers and not self.joining:
+                problems = "; ".join(f"{k}: {v}" for k, v in self.worker_problems.items())
+                if self.own_ray or problems:
+                    return f"no usable worker{(': ' + problems) if problems else ''}", True
+            self._wait(self.cfg.poll_s)
+
+    def _stop_condition(self) -> tuple[str, bool] | None:
+        st = self.state
+        if self.interrupted:
+            return "interrupted (Ctrl-C)", False
+        if st.stop_requested:
+            return f"stop requested ({st.stop_requested})", False
+        if st.fatal:
+            return st.fatal, True
+        if self.cfg.until is not None and time.time() >= self.cfg.until:
+            return "reached --until", False
+        if self.cfg.max_trials is not None and self.finished_here >= self.cfg.max_trials \
+                and not self._running():
+            self._reconcile()
+            return f"reached --max-trials {self.cfg.max_trials}", False
+        return None
+
+    def _running(self) -> list[WorkerSlot]:
+        return [w for w in self.workers.values() if w.trial is not None]
+
+    def _out_of_work(self) -> bool:
+        st = self.state
+        if self._running() or self.joining or not self.workers or pending_decisions(st):
+            return False
+        tracks = {w.track for w in self.workers.values() if w.ready}
+        for track in tracks:
+            ts = st.swarm[track]
+            if self.exhausted.get((track, ts.trusted)) != ts.judged or self._pending_impl(track):
+                return False
+            if next(work(st, track, self.policy), None) is not None:
+                return False
+        return bool(tracks)
+
+    # ------------------------------------------------------------------ decisions
+    def _reconcile(self):
+        """Make every decision the state is missing (scheduler.next_decision), then port wins."""
+        st = self.state
+        while True:
+            step = next_decision(st, self.policy)
+            if step is None:
+                if not self._port_wins():
+                    return
+                continue
+            kind = step[0]
+            if kind == "verdict":
+                self._emit("verdict", **step[1])
+                self._say_verdict(step[1])
+            elif kind == "retested":
+                d = step[1]
+                self._emit("retested", **d)
+                self.log(f"re-test of merge {d['commit'][:12]} on {d['track']}: {d['verdict']} "
+                         f"after {d['trials']} trials (p={_fmt(d.get('p_value'))})")
+            elif kind in ("promote", "revert"):
+                self._finish_merge(step[1])
+            elif kind == "merge":
+                self._merge(step[1], step[2])
+            elif kind == "heldout_result":
+                d = step[1]
+                self._emit("heldout_result", **d)
+                self.log(f"held-out test of {d['commit'][:12]} on {d['track']}: "
+                         f"{_fmt(d['test_bpb']) if d['test_bpb'] is not None else d['reason'] or d['status']}")
+
+    def _say_verdict(self, d):
+        h = self.state.hypothesis_of(d["candidate_id"])
+        self.log(f"verdict {d['verdict']:<9} {h.get('title', d['candidate_id'])[:60]} "
+                 f"(trials {d['trials']}, effect {_fmt(d.get('effect_bpb'), '+.4f')}, "
+                 f"{_fmt(d.get('effect_sigma'), '+.1f')} sigma, p={_fmt(d.get('p_value'))})")
+
+    def _merge(self, track: str, cid: str):
+        st = self.state
+        ts = st.swarm[track]
+        c = st.candidates[cid]
+        h = st.hyp.get(c.hypothesis_id, {})
+        commit, why, conflict = self.mainline.merge(c.commit, ts.trusted, cid, h.get("title", cid))
+        if commit is None:
+            again = conflict and st.conflicts.get(c.hypothesis_id, 0) == 0
+            action = "reimplement" if again else "drop"
+            self._emit("merge_conflict", track=track, candidate_id=cid, hypothesis_id=c.hypothesis_id,
+                       mainline=ts.trusted, reason=why, action=action)
+            self.log(f"merge of {h.get('title', cid)[:60]} conflicts ({why}): "
+                     f"{'re-implementing it on the new mainline' if again else 'dropped'}")
+            return
+        self._emit("merged", track=track, candidate_id=cid, commit=commit, previous=ts.trusted,
+                   hypothesis_id=c.hypothesis_id)
+        self.mainline.set_branch(track, commit)
+        self.log(f"merged {h.get('title', cid)[:60]} into {self.mainline.branch(track)} as {commit[:12]}; "
+                 f"re-testing it")
+
+    def _finish_merge(self, m):
+        st = self.state
+        r = m.retest
+        if r["verdict"] == "confirmed":
+            vals = st.commit_values(m.track, m.commit)
+            self._emit("promoted", track=m.track, commit=m.commit, previous=m.previous,
+                       val_bpb=sum(vals) / len(vals) if vals else None, candidate_id=m.candidate_id,
+                       p_value=r.get("p_value"), effect_bpb=r.get("effect_bpb"))
+            self.mainline.set_branch(m.track, m.commit)
+            self.log(f"promoted {m.commit[:12]} on {m.track} (effect {_fmt(r.get('effect_bpb'), '+.4f')})")
+        else:
+            reason = r.get("reason") or (f"the merged mainline is not better than {m.previous[:12]} "
+                                         f"with fresh seeds ({r.get('test')})")
+            self._emit("reverted", track=m.track, commit=m.commit, restored=m.previous, reason=reason,
+                       candidate_id=m.candidate_id)
+            self.mainline.set_branch(m.track, m.previous)
+            self.log(f"reverted {m.commit[:12]} on {m.track}: {reason[:120]}")
+
+    def _port_wins(self) -> bool:
+        """A promotion on one track becomes a hypothesis, with its patch, on every other track."""
+        st = self.state
+        tracks = {w.track for w in self.workers.values() if w.ready}
+        made = False
+        for track, cid, commit, previous in list(st.promotions):
+            for other in tracks:
+                if other == track or (cid, other) in st.ports:
+                    continue
+                src = st.hypothesis_of(cid)
+                trusted = st.swarm[other].trusted
+                hid = uuid.uuid4().hex
+                self._emit("hypothesis_proposed", hypothesis_id=hid,
+                           title=f"port: {src.get('title', cid)}",
+                           rationale=f"Promoted on track {track} (merge {commit[:12]}); the same change on "
+                                     f"this track. {src.get('rationale', '')}".strip(),
+                           expected_effect=src.get("expected_effect"), risk=src.get("risk"), agent=PORT_AGENT,
+                           track=other, mainline_commit=trusted, params=src.get("params"),
+                           patch=self.mainline.diff(previous, commit), ported_from=cid)
+                made = True
+        return made
+
+    # ------------------------------------------------------------------ the agent
+    def _pending_impl(self, track):
+        st = self.state
+        return [(hid, base) for hid, base in st.pending_impl.items() if st.hyp.get(hid, {}).get("track") == track]
+
+    def _fill(self):
+        from agents.base import Hypothesis, hypothesis_key
+        st = self.state
+        tracks = {}
+        for w in self.workers.values():
+            if w.ready:
+                tracks[w.track] = tracks.get(w.track, 0) + 1
+        for track, n_workers in tracks.items():
+            for hid, base in self._pending_impl(track):
+                self._implement(Hypothesis.from_dict(st.hyp[hid]), base, track)
+            ts = st.swarm[track]
+            trusted = ts.trusted
+            want = max(self.cfg.buffer, n_workers) - fresh_candidates(st, track)
+            if want <= 0 or self.exhausted.get((track, trusted)) == ts.judged:
+                continue                  # retried once more verdicts came in (new near-wins to combine)
+            try:
+                hs = self.proposer.propose(self._context(track), want)
+            except Exception as e:
+                self.log(f"the {self.proposer.name} proposer failed on {track}: {type(e).__name__}: {e}")
+                hs = []
+            self._drain_usage()
+            fresh = [h for h in hs if hypothesis_key(h) not in st.keys.get((track, trusted), set())]
+            if not fresh:
+                if (track, trusted) not in self.exhausted:
+                    self.log(f"the {self.proposer.name} agent has no new hypothesis for {track} on mainline "
+                             f"{trusted[:12]}")
+                self.exhausted[(track, trusted)] = ts.judged
+                continue
+            for h in fresh:
+                data = h.to_dict()
+                data.update(track=track, mainline_commit=trusted)
+                self._emit("hypothesis_proposed", **data)
+                self._implement(Hypothesis.from_dict(data), trusted, track)
+
+    def _implement(self, h, base: str, track: str):
+        from agents.base import ImplementationError
+        cid = uuid.uuid4().hex[:12]
+        impls = [self.patcher] if h.patch else []
+        if h.params or not h.patch:
+            impls.append(self.implementer)
+        why = "no implementer"
+        for impl in impls:
+            try:
+                commit, diff = self.mainline.build_candidate(h, impl, base, cid, self.target.is_editable)
+            except ImplementationError as e:
+                why = e.reason
+                continue
+            self._emit("candidate_created", candidate_id=cid, hypothesis_id=h.hypothesis_id, track=track,
+                       commit=commit, base_commit=base, diff=diff, implementer=impl.name)
+            return
+        self._emit("candidate_invalid", candidate_id=cid, hypothesis_id=h.hypothesis_id, track=track,
+                   reason=why, base_commit=base)
+        self.log(f"could not implement {h.title[:60]}: {why[:200]}")
+
+    def _context(self, track):
+        from agents.base import ResearchContext
+        st = self.state
+        trusted = st.swarm[track].trusted
+        if trusted not in self.files_cache:
+            program = self.mainline.read(trusted, "program.md")
+            self.files_cache[trusted] = (self.mainline.files(trusted, self.target.is_editable),
+                                         program.decode("utf-8", "replace") if program else "")
+        files, program = self.files_cache[trusted]
+        history = []
+        for hid, d in st.hyp.items():
+            if d.get("track") != track:
+                continue
+            entry = {"title": d.get("title"), "params": d.get("params"), "mainline_commit": d.get("mainline_commit"),
+                     "verdict": None, "effect_bpb": None, "effect_sigma": None, "trials": 0}
+            vh = st.hypotheses.get(hid)
+            if vh is not None and vh.candidates:
+                c = st.candidates[vh.candidates[-1]]
+                entry["mainline_commit"] = c.base_commit or entry["mainline_commit"]
+                if c.invalid and not c.verdict:
+                    entry["verdict"] = "invalid"
+                elif c.verdict:
+                    for k in ("verdict", "effect_bpb", "effect_sigma", "trials"):
+                        entry[k] = c.verdict.get(k)
+            history.append(entry)
+        sigma = st.noise(track)[0]
+        notes = [str(n.data.get("text", "")) for n in st.notes[-20:]]
+        return ResearchContext(track=track, mainline_commit=trusted, program_md=program, files=files,
+                               history=history, noise_floor=sigma, notes=notes)
+
+    def _drain_usage(self):
+        for agent in (self.proposer, self.implementer):
+            drain = getattr(agent, "drain_usage", None)
+            if drain is None:
+                continue
+            for rec in drain() or []:
+                self._emit("agent_usage", **rec)
+
+    # ------------------------------------------------------------------ trials
+    def _dispatch(self) -> int:
+        if self.cfg.max_trials is not None:
+            room = self.cfg.max_trials - self.finished_here - len(self._running())
+        else:
+            room = None
+        if self.cfg.until is not None and time.time() >= self.cfg.until:
+            return 0
+        idle = [(w.name, w.track) for w in self.workers.values() if w.ready and w.trial is None]
+        if not idle or (room is not None and room <= 0):
+            return 0
+        if room is not None:
+            idle = idle[:room]
+        st = self.state
+        initial = st.initial_commit
+        n = 0
+        for a in schedule(st, idle, self.policy):
+            slot = self.workers[a.worker]
+            trial_id = uuid.uuid4().hex
+            spec = {"trial_id": trial_id, "commit": a.commit, "seed": a.seed,
+                    "bundle": self.mainline.bundle(a.commit, initial), "base_commit": a.base_commit,
+                    "kind": a.kind, "candidate_id": a.candidate_id, "time_budget": self.cfg.time_budget,
+                    "smoke": a.smoke, "track": a.track}
+            if a.kind == "heldout":
+                spec["env"] = dict(HELDOUT_ENV)
+            now = time.time()
+            st.mark_dispatched(trial_id, slot.name, a.track, a.commit, a.seed, a.kind, a.candidate_id, now)
+            if not slot.journaled:
+                self._emit("trial_started", trial_id=trial_id, worker=slot.name, track=a.track, commit=a.commit,
+                           seed=a.seed, kind=a.kind, candidate_id=a.candidate_id)
+            slot.trial, slot.dispatched = trial_id, now
+            slot.ref = slot.actor.run_trial.remote(spec)
+            n += 1
+        return n
+
+    def _wait(self, timeout: float):
+        import ray
+        refs = [w.ref for w in self.workers.values() if w.ref is not None]
+        refs += list(self.joining)
+        refs += [w.ping for w in self.workers.values() if w.ping is not None]
+        if not refs:
+            time.sleep(timeout)
+            return
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        if ready:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        by_ref = {w.ref: w for w in self.workers.values() if w.ref is not None}
+        pings = {w.ping: w for w in self.workers.values() if w.ping is not None}
+        for ref in ready:
+            if ref in self.joining:
+                self._on_joining(ref)
+            elif ref in by_ref:
+                self._on_result(by_ref[ref])
+            elif ref in pings:
+                self._on_ping(pings[ref])
+
+    def _on_ping(self, slot: WorkerSlot):
+        import ray
+        ref, slot.ping = slot.ping, None
+        try:
+            ray.get(ref)
+            slot.alive_at = time.time()
+        except Exception:
+            pass  # a dead actor shows in its run_trial ref; a slow one runs into its lease
+
+    def _on_result(self, slot: WorkerSlot):
+        import ray
+        from ray.exceptions import RayActorError
+        ref, trial_id = slot.ref, slot.trial
+        slot.ref = slot.trial = None
+        try:
+            res = ray.get(ref)
+        except RayActorError as e:
+            slot.trial = trial_id
+            self._retire(slot, f"actor died: {str(e).splitlines()[0][:200]}")
+            return
+        except Exception as e:
+            res = None
+            err = f"run_trial raised {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        self._sync()
+        t = self.state.trials.get(trial_id)
+        if res is None:
+            self._abort_trial(trial_id, err)
+            status, reason = "aborted", err
+        else:
+            status, reason = res.status, res.reason
+            if t is None or t.status == "running":
+                lease = self.state.leases.get(trial_id)
+                data = res.to_dict()
+                data.update(track=lease.track if lease else None, kind=lease.kind if lease else None,
+                            candidate_id=lease.candidate_id if lease else None)
+                self._emit("trial_finished", **data)
+            self.state.forget_dispatch(trial_id)  # no-op when the journal closed it
+        t = self.state.trials.get(trial_id)
+        if t is not None and t.status in ("ok", "crash", "invalid"):
+            self.finished_here += 1
+        if status == "aborted":
+            slot.aborts += 1
+            if slot.aborts >= MAX_WORKER_ABORTS:
+                self._retire(slot, f"aborted {slot.aborts} trials in a row (last: {reason})")
+                return
+        else:
+            slot.aborts = 0
+        self._say_trial(t)
+
+    def _say_trial(self, t):
+        if t is None:
+            return
+        what = f"val_bpb {t.val_bpb:.6f}" if t.value is not None else f"{t.status} ({t.crash_class}: {t.reason})"[:160]
+        self.log(f"trial {t.trial_id[:8]} {t.kind:<9} {t.commit[:10]} seed {t.seed} on {t.worker}: {what}")
+
+    def _check_leases(self):
+        now = time.time()
+        lease_s = self.cfg.lease_s
+        mine = set()
+        for slot in list(self.workers.values()):
+            if slot.trial is None:
+                continue
+            mine.add(slot.trial)
+            lease = self.state.leases.get(slot.trial)
+            last = max(slot.dispatched, slot.alive_at, lease.last_seen if lease else 0.0)
+            silent = now - last
+            if silent > lease_s:
+                self._retire(slot, f"lease expired: silent for {silent:.0f}s during trial {slot.trial[:8]}")
+            elif silent > lease_s / 3 and slot.ping is None:
+                slot.ping = slot.actor.heartbeat.remote()
+        # trials this coordinator did not dispatch (a previous one did): the journal is all we see
+        for lease in list(self.state.leases.values()):
+            if lease.trial_id not in mine and now - lease.last_seen > lease_s:
+                self._abort_trial(lease.trial_id, f"lease expired: worker {lease.worker} silent for "
+                                                  f"{now - lease.last_seen:.0f}s after the coordinator restarted; re-queued")
+
+    # ------------------------------------------------------------------ stop
+    def _shutdown(self, reason: str, error: bool):
+        if not self.opened:             # failed before the campaign (re)started: nothing to close in it
+            if self.journal is not None:
+                self.journal.close()
+            if self.mainline is not None:
+                self.mainline.close()
+            return
+        import ray
+        try:
+            running = self._running() if ray.is_initialized() else []
+            for slot in running:
+                try:
+                    slot.actor.abort.remote(slot.trial)
+                except Exception:
+                    pass
+            deadline = time.time() + ABORT_WAIT_S
+            while self._running() and time.time() < deadline:
+                refs = [w.ref for w in self._running()]
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=max(0.0, deadline - time.time()))
+                by_ref = {w.ref: w for w in self._running()}
+                for ref in ready:
+                    self._on_result(by_ref[ref])
+                if not ready:
+                    break
+            for slot in self._running():
+                self._abort_trial(slot.trial, f"campaign stopped: {reason}")
+                slot.trial = slot.ref = None
+            self._reconcile_quietly()
+            self._emit("campaign_stopped", reason=reason, error=error)
+            self.log(f"campaign {self.cfg.campaign} stopped: {reason}")
+            stops = []
+            for slot in list(self.workers.values()):
+                try:
+                    stops.append(slot.actor.stop.remote(False, STOP_WAIT_S))
+                except Exception:
+                    pass
+            if stops:
+                ray.wait(stops, num_returns=len(stops), timeout=STOP_WAIT_S)
+            for slot in list(self.workers.values()) + [s for s, _ in self.joining.values()]:
+                try:
+                    ray.kill(slot.actor, no_restart=True)
+                except Exception:
+                    pass
+            self.workers.clear()
+            self.joining.clear()
+        finally:
+            if self.own_ray:
+                ray.shutdown()
+            self.journal.close()
+            self.mainline.close()
+
+    def _reconcile_quietly(self):
+        try:
+            self._reconcile()
+        except Exception as e:  # a stop must still journal campaign_stopped
+            self.log(f"warning: last decisions failed at stop: {type(e).__name__}: {e}")
+
+
+def _fmt(x, spec: str = ".4g") -> str:
+    return "-" if x is None else format(x, spec)

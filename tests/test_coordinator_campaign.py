@@ -1,0 +1,333 @@
+"""Campaigns on one machine with local Ray: the synthetic target (known null, real and lucky
+effects), `swarm stop` / `swarm status`, a coordinator killed mid-campaign and resumed, a worker
+that stops answering (its lease expires)."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+
+import pytest
+from synthetic import git, make_repo, truth
+
+from agents.base import Hypothesis, Proposer
+from agents.offline import OfflineImplementer, OfflineProposer
+from coordinator.campaign import Campaign
+from coordinator.cli import main as swarm
+from coordinator.cli import render_status
+from coordinator.config import load_config
+from coordinator.state import CampaignState
+from journal import open_journal
+from journal.views import replay
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+    if ray.is_initialized():          # a session another module left open
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, resources={"mlx": 2}, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def config(repo, tag, **flags):
+    flags = {"repo": str(repo), "campaign": tag, "poll_s": 0.2, **flags}
+    return load_config(flags, environ={})
+
+
+def events_of(repo, tag, url=None):
+    with open_journal(url or str(repo / ".swarm" / "journal.db"), campaign=tag) as j:
+        return [ev for _, ev in j.read()]
+
+
+def state_of(events, tag):
+    st = CampaignState(tag)
+    for i, ev in enumerate(events):
+        st.apply(ev, str(i))
+    return st
+
+
+def of_type(events, *types):
+    return [ev for ev in events if ev.type in types]
+
+
+def check_consistent(repo, tag, events):
+    """The journal, its views and git agree; every trial finished once; no merge twice."""
+    st = state_of(events, tag)
+    view = replay(events)
+    finished = Counter(ev.data["trial_id"] for ev in of_type(events, "trial_finished"))
+    assert finished and max(finished.values()) == 1
+    merged = Counter(ev.data["candidate_id"] for ev in of_type(events, "merged"))
+    assert not merged or max(merged.values()) == 1
+    for track, ts in st.swarm.items():
+        want = st.merges[ts.merge].commit if ts.merge else ts.trusted
+        branch = git(repo, "rev-parse", f"swarm/{tag}/{track_slug(track)}/mainline")
+        assert branch == want
+        assert view.tracks[track].head in (want, None)
+    for cid, c in st.candidates.items():
+        if c.commit:
+            assert git(repo, "rev-parse", f"refs/swarm/{tag}/exp/{cid}") == c.commit
+    for ev in of_type(events, "merged"):
+        d = ev.data
+        assert git(repo, "rev-parse", f"refs/swarm/{tag}/merge/{d['candidate_id']}") == d["commit"]
+        parents = git(repo, "rev-list", "--parents", "-n1", d["commit"]).split()[1:]
+        assert parents == [d["previous"], st.candidates[d["candidate_id"]].commit]
+    return st
+
+
+def track_slug(track):
+    from coordinator.mainline import track_slug as slug
+    return slug(track)
+
+
+def train_py(repo, commit):
+    return git(repo, "show", f"{commit}:train.py")
+
+
+# -----------------------------------------------------------------------------
+
+class LuckyFirst(Proposer):
+    """The offline agent, after one hypothesis forced first: a higher SCALAR_LR, which the
+    synthetic target makes look better on the candidate's own seeds only (a revert by construction)."""
+    name = "offline"
+
+    def __init__(self):
+        self.offline = OfflineProposer(seed=0)
+        self.forced = [{"SCALAR_LR": 0.7}]
+
+    def propose(self, ctx, n):
+        out = [Hypothesis(uuid.uuid4().hex, f"SCALAR_LR 0.5 -> {p['SCALAR_LR']}", "lucky by construction",
+                          "-0.04", "low", self.name, params=p) for p in self.forced[:n]]
+        self.forced = self.forced[n:]
+        return out + self.offline.propose(ctx, n - len(out))
+
+
+def test_synthetic_campaign_judges_known_effects(ray_local, tmp_path):
+    """One worker, the offline agent, a target whose truth is known: baselines first, losers
+    discarded, real wins merged, re-tested and promoted (held-out run journaled), a lucky one
+    (better only on the candidate's own seeds) merged and then reverted by the fresh-seed re-test."""
+    repo = make_repo(tmp_path / "repo")
+    logs = []
+    agent = (LuckyFirst(), OfflineImplementer())
+    reason = Campaign(config(repo, "stat", workers=1, max_trials=40), agent=agent, log=logs.append).run()
+    assert reason == "reached --max-trials 40", logs[-5:]
+    events = events_of(repo, "stat")
+    st = check_consistent(repo, "stat", events)
+    initial = st.initial_commit
+
+    # baselines of the initial mainline come first: nothing is judged before its noise is measured
+    first = of_type(events, "trial_finished", "verdict")
+    assert [ev.data.get("kind") for ev in first[:3]] == ["baseline"] * 3
+    assert all(ev.data["commit"] == initial and ev.data["status"] == "ok" for ev in first[:3])
+
+    verdicts = [ev.data for ev in of_type(events, "verdict")]
+    for v in verdicts:
+        assert v["test"] and v["trials"] >= 1
+        if v["verdict"] not in ("crash", "invalid"):
+            assert v["p_value"] is not None and v["noise_floor"] > 0 and v["effect_bpb"] is not None
+    assert {"discard", "confirmed"} <= {v["verdict"] for v in verdicts}
+
+    # truth: every promotion really improved, every revert was not a real improvement
+    promoted = [ev.data for ev in of_type(events, "promoted")]
+    reverted = [ev.data for ev in of_type(events, "reverted")]
+    assert promoted and reverted
+    for p in promoted:
+        assert truth(train_py(repo, p["commit"])) < truth(train_py(repo, p["previous"])) - 0.02
+    for r in reverted:
+        assert truth(train_py(repo, r["commit"])) >= truth(train_py(repo, r["restored"]))
+    # the lucky candidate was confirmed on its own seeds, merged, and reverted on fresh ones
+    lucky = [cid for cid, c in st.candidates.items() if "SCALAR_LR = 0.7" in train_py(repo, c.commit)]
+    assert lucky and st.candidates[lucky[0]].verdict["verdict"] == "confirmed"
+    assert st.merges[lucky[0]].outcome == "reverted"
+    for p in promoted:
+        assert git(repo, "diff", p["previous"], p["commit"], "--", "train.py").count("WARMDOWN_RATIO") >= 1
+
+    # re-tests use fresh seeds; every promotion gets one held-out run
+    retests = [ev.data for ev in of_type(events, "trial_finished") if ev.data["kind"] == "retest"]
+    assert retests and all(d["seed"] >= 1000 for d in retests)
+    held = {ev.data["commit"]: ev.data for ev in of_type(events, "heldout_result")}
+    heldout_runs = {d["commit"]: d for d in (ev.data for ev in of_type(events, "trial_finished"))
+                    if d["kind"] == "heldout"}
+    for p in promoted:
+        if p is not promoted[-1] or p["commit"] in held:
+            h = held[p["commit"]]
+            assert heldout_runs[p["commit"]]["seed"] >= 2000
+            # a held-out figure only from a run that evaluated the test split (train.py says which)
+            assert (h["test_bpb"] is not None) == (h["eval_split"] == "test")
+            assert h["test_bpb"] is not None or isinstance(h["val_bpb"], float)
+    # a candidate that runs out of memory never gets a second seed
+    for cid, c in st.candidates.items():
+        if c.commit and "DEPTH = 6" in train_py(repo, c.commit):
+            assert c.verdict["verdict"] in ("crash", "invalid")
+            assert st.candidate_done(cid) == 1
+
+
+def test_stop_status_and_resume_on_redis(ray_local, tmp_path, capsys):
+    """On a Redis journal (the cluster setup): `swarm stop` stops a running coordinator cleanly
+    (running trials journaled aborted); `swarm status` renders; a resume re-runs what was cut off
+    and keeps the journal consistent."""
+    from redis_server import RedisServer
+    repo = make_repo(tmp_path / "repo")
+    with RedisServer(tmp_path / "redis") as srv:
+        url = srv.url
+        cfg = config(repo, "stop1", workers=2, journal=url, env={"AUTORESEARCH_SYNTH_SLEEP": "1.5"})
+        out = {}
+        runner = threading.Thread(target=lambda: out.setdefault("reason", Campaign(cfg, log=lambda m: None).run()))
+        runner.start()
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if len(of_type(events_of(repo, "stop1", url), "trial_progress")) >= 2:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("no trial running")
+        where = ["--journal", url, "--campaign", "stop1"]
+        assert swarm(["status", *where]) == 0
+        assert "campaign stop1: running" in capsys.readouterr().out
+        assert swarm(["stop", *where, "--reason", "test"]) == 0
+        runner.join(60)
+        assert not runner.is_alive() and out["reason"] == "stop requested (test)"
+
+        events = events_of(repo, "stop1", url)
+        st = check_consistent(repo, "stop1", events)
+        assert not st.leases and not st.running()
+        cut = [ev.data for ev in of_type(events, "trial_finished") if ev.data["status"] == "aborted"]
+        assert cut, "the running trials are journaled as aborted"
+        assert swarm(["stop", *where]) == 0
+        assert "is not running" in capsys.readouterr().out
+
+        reason = Campaign(config(repo, None, journal=url, workers=2, max_trials=4), resume_only=True,
+                          log=lambda m: None).run()
+        assert reason == "reached --max-trials 4"
+        events = events_of(repo, "stop1", url)
+        st = check_consistent(repo, "stop1", events)
+        assert of_type(events, "campaign_resumed")
+        ok = {(d["commit"], d["kind"], d["seed"]) for d in (ev.data for ev in of_type(events, "trial_finished"))
+              if d["status"] == "ok"}
+        assert all((d["commit"], d["kind"], d["seed"]) in ok for d in cut if d["kind"] == "baseline")
+        buf = io.StringIO()
+        from rich.console import Console
+        render_status(st, Console(file=buf, width=200))
+        assert "stopped" in buf.getvalue() and "noise sigma" in buf.getvalue()
+
+
+def test_killed_coordinator_resumes_without_losing_or_repeating(ray_local, tmp_path):
+    """`swarm run` killed with SIGKILL right after a merge, while its re-test runs; `swarm resume`
+    aborts and re-runs the trials in flight, resets nothing it should keep, merges nothing twice."""
+    repo = make_repo(tmp_path / "repo")
+    with open(tmp_path / "run.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--repo", str(repo),
+                                 "--campaign", "kill1", "--workers", "2", "--env", "AUTORESEARCH_SYNTH_SLEEP=0.6"],
+                                cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        merged = None
+        while time.time() < deadline and proc.poll() is None:
+            if os.path.exists(repo / ".swarm" / "journal.db"):
+                events = events_of(repo, "kill1")
+                merged = merged or next((ev for ev in events if ev.type == "merged"), None)
+                if merged and any(ev.type == "trial_started" and ev.data["kind"] == "retest"
+                                  and ev.time > merged.time for ev in events):
+                    break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"no merge with a running re-test to kill in time:\n{(tmp_path / 'run.log').read_text()[-3000:]}")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)     # the coordinator and its local Ray, as a crash would
+        proc.wait()
+
+    before = events_of(repo, "kill1")
+    st = state_of(before, "kill1")
+    in_flight = {tid: (l.commit, l.kind, l.seed) for tid, l in st.leases.items()}
+    assert in_flight and not of_type(before, "campaign_stopped")
+    # the kill left the branch wherever it was; the resume checks it against the journal
+    track = next(iter(st.swarm))
+    branch = f"swarm/kill1/{track_slug(track)}/mainline"
+    git(repo, "update-ref", f"refs/heads/{branch}", st.initial_commit)
+
+    logs = []
+    reason = Campaign(config(repo, "kill1", workers=2, max_trials=8, lease_s=5.0,
+                             env={"AUTORESEARCH_SYNTH_SLEEP": "0.2"}),
+                      resume_only=True, log=logs.append).run()
+    assert reason == "reached --max-trials 8"
+    assert any("reset it" in m for m in logs)
+    events = events_of(repo, "kill1")
+    st = check_consistent(repo, "kill1", events)
+    after = events[len(before):]
+    finished = {ev.data["trial_id"]: ev.data for ev in of_type(after, "trial_finished")}
+    ok = {(d["commit"], d["kind"], d["seed"]) for d in finished.values() if d["status"] == "ok"}
+    for tid, key in in_flight.items():
+        # finished by the old worker while its lease held, or aborted once and run again
+        d = finished[tid]
+        assert d["status"] == "ok" or ("lease expired" in d["reason"] and key in ok), d
+    # the merge that was being re-tested is decided after the restart, once
+    cid = merged.data["candidate_id"]
+    outcomes = [ev for ev in of_type(after, "promoted", "reverted") if ev.data["candidate_id"] == cid]
+    assert len(outcomes) == 1 and st.merges[cid].outcome == outcomes[0].type
+    assert not of_type(after, "merged") or cid not in {ev.data["candidate_id"] for ev in of_type(after, "merged")}
+
+
+def _actor_pid_running(repo_workdir_name):
+    """pid of the worker actor whose trial process runs in .../<name>/repo (its parent)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if b"train.py" in cmd and cwd.endswith(f"/{repo_workdir_name}/repo"):
+            return ppid
+    return None
+
+
+def test_silent_worker_loses_its_trial_after_the_lease(ray_local, tmp_path):
+    """A worker that stops answering (SIGSTOP: a Mac asleep) loses its trial when its lease
+    expires; the trial is journaled aborted once, re-run on the other worker, nothing lost."""
+    repo = make_repo(tmp_path / "repo")
+    cfg = config(repo, "lease1", workers=2, lease_s=4.0, max_trials=6, baseline_trials=2,
+                 env={"AUTORESEARCH_SYNTH_SLEEP": "2.5"})
+    logs = []
+    out = {}
+    runner = threading.Thread(target=lambda: out.setdefault("reason", Campaign(cfg, log=logs.append).run()))
+    runner.start()
+    stopped = None
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and stopped is None:
+            pid = _actor_pid_running("w1")
+            if pid:
+                os.kill(pid, signal.SIGSTOP)
+                stopped = pid
+            time.sleep(0.1)
+        assert stopped, "w1 never ran a trial"
+        runner.join(120)
+    finally:
+        if stopped:
+            try:
+                os.kill(stopped, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    assert not runner.is_alive() and out["reason"] == "reached --max-trials 6", logs[-10:]
+    events = events_of(repo, "lease1")
+    check_consistent(repo, "lease1", events)
+    expired = [ev.data for ev in of_type(events, "trial_finished") if "lease expired" in (ev.data["reason"] or "")]
+    assert len(expired) == 1 and expired[0]["worker"] == "w1"
+    lost = [ev.data for ev in of_type(events, "worker_lost")]
+    assert lost and lost[0]["worker"] == "w1" and "lease expired" in lost[0]["reason"]
+    key = (expired[0]["commit"], expired[0]["kind"], expired[0]["seed"])
+    redone = [ev.data for ev in of_type(events, "trial_finished")
+              if (ev.data["commit"], ev.data["kind"], ev.data["seed"]) == key and ev.data["status"] == "ok"]
+    assert len(redone) == 1 and redone[0]["trial_id"] != expired[0]["trial_id"]
