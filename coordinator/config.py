@@ -53,6 +53,9 @@ class SwarmConfig:
     agents: dict = field(default_factory=dict)  # backend settings (agents/factory.py): model, command, ...
     seed: int = 0                   # agent seed (same seed + same journal -> same hypotheses)
     buffer: int = 2                 # candidates kept ready per track beyond one per worker
+    agent_threads: int | None = None  # agent calls in flight at once, off the loop; 0: in the loop;
+                                      # None: 0 for the offline agent (milliseconds), else 8
+    analyst_every: int = 10         # a lab note after this many verdicts; 0: no analyst
     workdir: str | None = None      # worker clones; None: <repo>/.swarm/workers
     smoke: bool = True              # short smoke run before a candidate's first trial
     heldout: bool = True            # evaluate the test split once per promotion
@@ -164,6 +167,8 @@ def _check(cfg: SwarmConfig) -> SwarmConfig:
     need(isinstance(cfg.agents, dict), "agents", "a table of agent settings, e.g. { model = \"...\" }")
     need(is_int(cfg.seed, 0), "seed", "a whole number >= 0")
     need(is_int(cfg.buffer, 0), "buffer", "a whole number >= 0")
+    need(cfg.agent_threads is None or is_int(cfg.agent_threads, 0), "agent_threads", "a whole number >= 0")
+    need(is_int(cfg.analyst_every, 0), "analyst_every", "a whole number >= 0 (0: no lab notes)")
     need(is_num(cfg.poll_s, 0), "poll_s", "seconds > 0")
     need(isinstance(cfg.env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in cfg.env.items()),
          "env", "a table of strings, e.g. { AUTORESEARCH_PROFILE = \"tiny\" }")

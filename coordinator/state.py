@@ -121,7 +121,6 @@ class CampaignState(JournalView):
         self.stop_requested: str | None = None      # reason of a `swarm stop` since the last (re)start
         self.fatal: str | None = None               # why the campaign cannot judge anything
         self.finished_count = 0                     # counted trials (all runs of the campaign)
-        self.ignored: list = []                     # (event, why) duplicates left out on purpose
         self.fingerprints: dict[str, str] = {}      # track -> data fingerprint of its first worker
         self.failures: dict[tuple, str] = {}        # (track, commit, kind) -> first crashed/invalid trial id
 
@@ -129,16 +128,9 @@ class CampaignState(JournalView):
     def apply(self, event, pos=None, now: float | None = None):
         """Fold one event. now: when a live event was seen here (leases use the local clock;
         replay uses the event's own time)."""
-        if event.type == "trial_finished" and event.v <= SCHEMA_VERSION:
-            t = self.trials.get(str(event.data.get("trial_id")))
-            if t is not None and t.status != "running":
-                self.ignored.append((event, f"trial {t.trial_id} already finished ({t.status})"))
-                self.count += 1
-                self.position = pos
-                return self
         super().apply(event, pos)
-        if event.v > SCHEMA_VERSION:
-            return self
+        if event.v > SCHEMA_VERSION or (self.ignored and self.ignored[-1][0] is event):
+            return self  # newer than this reader, or a duplicate the journal view left out
         handler = getattr(self, "_swarm_" + event.type, None) if event.type.isidentifier() else None
         if handler is not None:
             try:
@@ -163,7 +155,6 @@ class CampaignState(JournalView):
 
     def _swarm_campaign_resumed(self, ev, d, now):
         self.stop_requested = self.fatal = None
-        self.stopped = None
         if isinstance(d.get("config"), dict):
             self.heldout_wanted = bool(d["config"].get("heldout", self.heldout_wanted))
 

@@ -20,6 +20,8 @@ SCHEMA_VERSION = 1
 EVENT_TYPES = {
     "campaign_started": ("config", "target"),
     "campaign_stopped": ("reason",),
+    "campaign_resumed": ("config",),
+    "stop_requested": ("reason",),
     "worker_joined": ("worker", "track", "hardware_class", "hardware", "data_fingerprint",
                       "profile", "time_budget"),
     "worker_lost": ("worker", "reason"),
@@ -38,6 +40,7 @@ EVENT_TYPES = {
                 "confidence", "effect_bpb", "effect_sigma", "noise_floor", "trials",
                 "candidate_mean", "mainline_mean"),
     "merged": ("track", "candidate_id", "commit", "previous"),
+    "merge_conflict": ("track", "candidate_id", "hypothesis_id", "mainline", "reason", "action"),
     "retested": ("track", "commit", "previous", "verdict", "p_value", "effect_bpb"),
     "promoted": ("track", "commit", "previous", "val_bpb"),
     "reverted": ("track", "commit", "restored", "reason"),

@@ -176,6 +176,7 @@ class CampaignState:
         self.notes = []                  # lab_note events
         self.usage = {}                  # (agent, model) -> Usage
         self.unknown = []                # (event, why) for what was not understood
+        self.ignored = []                # (event, why) duplicates left out on purpose
         self.count = 0
         self.position = None             # of the last applied event
 
@@ -195,6 +196,10 @@ class CampaignState:
         if event.time:
             self.first_time = event.time if self.first_time is None else min(self.first_time, event.time)
             self.last_time = event.time if self.last_time is None else max(self.last_time, event.time)
+        why = self._duplicate(event)
+        if why:
+            self.ignored.append((event, why))
+            return self
         handler = getattr(self, "_on_" + event.type, None) if event.type.isidentifier() else None
         if event.v > SCHEMA_VERSION:
             self.unknown.append((event, f"schema v{event.v} is newer than this reader (v{SCHEMA_VERSION})"))
@@ -206,6 +211,15 @@ class CampaignState:
             except (TypeError, ValueError, AttributeError, KeyError) as e:
                 self.unknown.append((event, f"unusable data ({type(e).__name__}: {e})"))
         return self
+
+    def _duplicate(self, event: Event) -> Optional[str]:
+        """Why an event must not count again, or None. A trial reported twice (an old worker
+        that outlived a killed coordinator, a retried result) counts once: the first report."""
+        if event.type == "trial_finished" and event.v <= SCHEMA_VERSION and isinstance(event.data, dict):
+            t = self.trials.get(str(event.data.get("trial_id")))
+            if t is not None and t.status != "running":
+                return f"trial {t.trial_id} already finished ({t.status})"
+        return None
 
     def _trial(self, d) -> Trial:
         tid = ident(d.get("trial_id"), required=True)
@@ -248,6 +262,15 @@ class CampaignState:
 
     def _on_campaign_stopped(self, ev, d):
         self.stopped, self.stop_reason = ev.time, text(d.get("reason"))
+
+    def _on_campaign_resumed(self, ev, d):
+        self.stopped = self.stop_reason = None
+
+    def _on_stop_requested(self, ev, d):
+        pass  # the coordinator acts on it; campaign_stopped follows
+
+    def _on_merge_conflict(self, ev, d):
+        pass  # shown in the event log; the candidate's verdict stands
 
     def _on_worker_joined(self, ev, d):
         w = self._worker(d.get("worker"), ev.time)

@@ -172,6 +172,26 @@ def test_views_and_exports_survive_odd_data():
     assert "still running" in export.markdown(partial) and "t03" in export.table_text(partial)
 
 
+def test_a_trial_reported_twice_counts_once_and_resume_clears_stopped():
+    def ev(i, type, **data):
+        return Event(id=f"e{i}", campaign="c", type=type, time=1000.0 + i, source="x", data=data)
+
+    events = [
+        ev(0, "trial_started", trial_id="t1", worker="w1", track="T", commit="abc", seed=0, kind="baseline"),
+        ev(1, "trial_finished", trial_id="t1", worker="w1", track="T", commit="abc", seed=0,
+           kind="baseline", status="aborted", reason="lease expired"),
+        # an old worker that outlived the coordinator reports late: it must not count
+        ev(2, "trial_finished", trial_id="t1", worker="w1", track="T", commit="abc", seed=0,
+           kind="baseline", status="ok", val_bpb=1.5),
+        ev(3, "campaign_stopped", reason="killed"),
+        ev(4, "campaign_resumed", config={}),
+    ]
+    state = replay(events)
+    assert state.trials["t1"].status == "aborted" and state.trials["t1"].val_bpb is None
+    assert [e.id for e, _ in state.ignored] == ["e2"] and not state.unknown
+    assert state.stopped is None
+
+
 # -- the command -------------------------------------------------------------------------------
 def swarm_journal(*args, env=None, cwd=None, timeout=60):
     return subprocess.run([sys.executable, "-m", "journal", *args], capture_output=True, text=True,

@@ -479,6 +479,20 @@ def test_secrets_absent_from_trial_env(worker, src, monkeypatch):
         assert "openblas" in env["LD_PRELOAD"]
 
 
+def test_trial_env_reaches_the_run_and_only_autoresearch_keys(worker, src):
+    path, base = src
+    spec = candidate(path, base, {"train.py": ENV_DUMP}, smoke=False)
+    spec.env = {"AUTORESEARCH_EVAL_SPLIT": "test"}
+    r = worker.run_trial(spec)
+    assert r.status == "ok", r.reason
+    line = next(l for l in Path(r.log_path).read_text().splitlines() if l.startswith("ENV "))
+    assert json.loads(line[4:])["AUTORESEARCH_EVAL_SPLIT"] == "test"
+    bad = candidate(path, base, {"train.py": ENV_DUMP + "# 2\n"}, smoke=False)
+    bad.env = {"LD_PRELOAD": "/tmp/evil.so"}
+    r = worker.run_trial(bad)
+    assert r.status == "invalid" and "only set AUTORESEARCH_*" in r.reason and "LD_PRELOAD" in r.reason
+
+
 def test_abort_and_busy(worker, src):
     path, base = src
     spec = candidate(path, base, {"train.py": 'import time\nprint("step 00000 (0.0%) | loss: 3.0", flush=True)\n'

@@ -56,6 +56,8 @@ class TrialSpec:
     time_budget: float | None = None   # None: the profile's budget
     smoke: bool = True                 # short smoke run before the real one
     track: str | None = None           # when given, must be this worker's track
+    env: dict = field(default_factory=dict)  # AUTORESEARCH_* settings of this trial only, e.g.
+                                       # AUTORESEARCH_EVAL_SPLIT=test for the held-out evaluation
 
     @classmethod
     def coerce(cls, spec) -> "TrialSpec":
@@ -271,6 +273,9 @@ class Worker:
         if not budget or not (isinstance(budget, int | float) and budget > 0 and math.isfinite(budget)):
             return invalid(f"no usable time budget ({budget!r}): give time_budget in the TrialSpec or "
                            "time_budget in target.toml")
+        foreign = sorted(k for k in (spec.env or {}) if not str(k).startswith("AUTORESEARCH_"))
+        if foreign:
+            return invalid(f"TrialSpec.env may only set AUTORESEARCH_* variables, got {', '.join(foreign)}")
         mine = self.track(budget)
         if spec.track and spec.track != mine:
             return invalid(f"track mismatch: the trial is for {spec.track}, this worker is {mine}")
@@ -326,7 +331,8 @@ class Worker:
         # -- the trial itself
         t = time.monotonic()
         self._set_state(phase="train")
-        got = self._run(spec.seed, budget, log_path, header, on_progress=self._progress_reporter(spec))
+        got = self._run(spec.seed, budget, log_path, header, extra_env=spec.env,
+                        on_progress=self._progress_reporter(spec))
         timings["train"] += time.monotonic() - t
         data_fp = got.metrics.get("data_fingerprint") if got.metrics else None
         if got.status == "ok" and data_fp and data_fp != self.fingerprint.get("fingerprint"):
