@@ -11,7 +11,10 @@ One pass of the loop:
              ports of a win to the other tracks
   leases     a trial whose worker stopped answering loses it (journaled as
              aborted, counted once) and is needed again
-  fill       the agent runs ahead: hypotheses -> candidates, so a free worker never waits
+  fill       the agent runs ahead: proposals, implementations and the analyst's lab notes
+             are jobs on a thread pool (agent_threads), keeping `buffer` candidates ready
+             per track; finished jobs become events here (the coordinator is the journal's
+             single writer, agent_usage included), so a slow model never holds up the loop
   dispatch   scheduler assignments -> run_trial.remote on idle workers
   wait       ray.wait on running trials (and joining workers), at most poll_s
 
@@ -29,7 +32,9 @@ import signal
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from coordinator.config import SwarmConfig, config_from_dict, default_campaign_tag
 from coordinator.mainline import MainlineRepo, PatchImplementer
@@ -46,10 +51,34 @@ STOP_WAIT_S = 10.0         # on stop: how long workers get to flush their journa
 MAX_WORKER_ABORTS = 3      # a worker that aborts this many trials in a row is retired
 PORT_AGENT = "port"        # agent name of hypotheses that carry another track's win
 HELDOUT_ENV = {"AUTORESEARCH_EVAL_SPLIT": "test"}
+AGENT_THREADS = 8          # agent calls in flight at once (agent_threads unset, a model backend)
+AGENT_BACKOFF_S = 5.0      # first wait after an overloaded / rate-limited / unreachable agent
+AGENT_BACKOFF_MAX_S = 120.0  # longest wait between agent retries
+FATAL_AGENT_ERRORS = ("auth", "model", "config")  # AgentError kinds no retry can fix: the campaign stops
+AGENT_STOP_WAIT_S = 2.0    # on stop: how long agent calls in flight get to answer
+MIN_BATCH_PART = 4         # with a proposal in flight, another asks for at least buffer / this many
+CRASH_LOG_TAIL = 2000      # characters of a crashed trial's log the proposer sees
 
 
 class CampaignError(RuntimeError):
     """The campaign cannot start or go on; the message says what to do."""
+
+
+class FilesImplementer:
+    """Writes the files an agent job produced (path -> text, None: deleted) into the scratch
+    worktree, so the coordinator's thread commits them like any implementation."""
+
+    def __init__(self, files: dict, name: str):
+        self.files, self.name = files, name
+
+    def implement(self, h, workspace: Path) -> None:
+        for rel, text in self.files.items():
+            p = Path(workspace) / rel
+            if text is None:
+                p.unlink(missing_ok=True)
+            else:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_text(text, encoding="utf-8")
 
 
 @dataclass
@@ -98,6 +127,18 @@ class Campaign:
         self.worker_problems: dict[str, str] = {}
         self.warned: set = set()
         self.opened = False                # campaign_started/resumed written by this run
+        # the agent, ahead of the workers (see _fill)
+        self.analyst = None
+        self.pool: ThreadPoolExecutor | None = None   # None: agent jobs run in the loop
+        self.jobs: list = []               # (future, kind, backoff key, payload) of agent jobs
+        self.asked: dict = {}              # track -> hypotheses asked for by the proposals in flight
+        self.in_impl: set = set()          # hypothesis ids being implemented
+        self.backoff: dict = {}            # key -> (retry not before, failures so far)
+        self.agent_backoff_s = AGENT_BACKOFF_S
+        self.agent_fatal: str | None = None
+        self.base_files: dict = {}         # {base commit: files} for implement jobs
+        self.verdicts_new = 10**9          # verdicts since the analyst last looked (at start: look)
+        self.analyzing = False
 
     # ------------------------------------------------------------------ start
     def run(self) -> str:
@@ -176,6 +217,7 @@ class Campaign:
         self.policy = Policy.from_config(self.cfg, self.target.direction)
         self.proposer, self.implementer = self._agent or self._make_agent()
         self.patcher = PatchImplementer()
+        self._start_agent_jobs()
         if st.started is None:
             self._start_new(initial)
         else:
@@ -243,6 +285,10 @@ class Campaign:
             settings = {"offline": {"seed": self.cfg.seed}, **self.cfg.agents, "backend": name}
             settings.setdefault("editable", list(self.target.editable))
             made = make_agents(settings, None, announce=self.log)
+            if self.cfg.analyst_every:      # the backend's analyst (a model writes the note when it can)
+                from agents.analyst import Analyst
+                self.analyst = Analyst({"every": self.cfg.analyst_every, "direction": self.target.direction},
+                                       None, client=made.analyst.client, program_md=made.analyst.program_md)
             return made.proposer, made.implementer
         import importlib
         module, _, attr = name.partition(":")
@@ -440,6 +486,8 @@ class Campaign:
             return f"stop requested ({st.stop_requested})", False
         if st.fatal:
             return st.fatal, True
+        if self.agent_fatal:
+            return self.agent_fatal, True
         if self.cfg.until is not None and time.time() >= self.cfg.until:
             return "reached --until", False
         if self.cfg.max_trials is not None and self.finished_here >= self.cfg.max_trials \
@@ -455,6 +503,8 @@ class Campaign:
         st = self.state
         if self._running() or self.joining or not self.workers or pending_decisions(st):
             return False
+        if self.jobs or any(until > time.time() for until, _ in self.backoff.values()):
+            return False                  # the agent is still thinking, or waits to try again
         tracks = {w.track for w in self.workers.values() if w.ready}
         for track in tracks:
             ts = st.swarm[track]
@@ -477,6 +527,7 @@ class Campaign:
             kind = step[0]
             if kind == "verdict":
                 self._emit("verdict", **step[1])
+                self.verdicts_new += 1
                 self._say_verdict(step[1])
             elif kind == "retested":
                 d = step[1]
@@ -560,63 +611,227 @@ class Campaign:
         return made
 
     # ------------------------------------------------------------------ the agent
+    # The agent runs ahead of the workers: proposing, implementing and the analyst's notes are
+    # jobs on a thread pool (a language-model call takes many seconds), so dispatching, results
+    # and leases never wait on it. Only this thread touches the journal and git: a job returns
+    # plain data (hypotheses, the files an implementation changed, a note) and _harvest turns
+    # it into events and commits.
     def _pending_impl(self, track):
         st = self.state
         return [(hid, base) for hid, base in st.pending_impl.items() if st.hyp.get(hid, {}).get("track") == track]
 
+    def _start_agent_jobs(self):
+        threads = self.cfg.agent_threads
+        if threads is None:       # the offline agent answers in milliseconds: in the loop, deterministic
+            offline = self.proposer.name == "offline" and self.implementer.name == "offline"
+            threads = 0 if offline else AGENT_THREADS
+        if threads:
+            self.pool = ThreadPoolExecutor(threads, thread_name_prefix="swarm-agent")
+        if self.cfg.analyst_every and self.analyst is None:
+            from agents.analyst import Analyst
+            self.analyst = Analyst({"every": self.cfg.analyst_every, "direction": self.target.direction})
+
+    def _submit(self, kind: str, key, payload, fn, *args):
+        """Run fn(*args) as an agent job (at once, in the loop, without a pool)."""
+        if self.pool is None:
+            fut = Future()
+            try:
+                fut.set_result(fn(*args))
+            except Exception as e:
+                fut.set_exception(e)
+        else:
+            fut = self.pool.submit(fn, *args)
+        self.jobs.append((fut, kind, key, payload))
+
+    def _backing_off(self, key) -> bool:
+        until, _ = self.backoff.get(key, (0.0, 0))
+        return time.time() < until
+
+    def _agent_failed(self, e, key, what: str):
+        """An AgentError is the backend's failure, never the hypothesis's: a bad key, an unknown
+        model or a bad setting stops the campaign; anything else (overload, rate limit, network)
+        is retried after a backoff."""
+        if e.kind in FATAL_AGENT_ERRORS:
+            self.agent_fatal = f"the agent backend cannot go on ({e.kind}): {e}"
+            return
+        _, tries = self.backoff.get(key, (0.0, 0))
+        delay = min(AGENT_BACKOFF_MAX_S, self.agent_backoff_s * 2 ** tries)
+        self.backoff[key] = (time.time() + delay, tries + 1)
+        self.log(f"the agent failed {what} ({e.kind}: {str(e)[:200]}); trying again in {delay:.0f}s")
+
     def _fill(self):
-        from agents.base import Hypothesis, hypothesis_key
-        st = self.state
         tracks = {}
         for w in self.workers.values():
             if w.ready:
                 tracks[w.track] = tracks.get(w.track, 0) + 1
-        for track, n_workers in tracks.items():
-            for hid, base in self._pending_impl(track):
-                self._implement(Hypothesis.from_dict(st.hyp[hid]), base, track)
-            ts = st.swarm[track]
-            trusted = ts.trusted
-            want = max(self.cfg.buffer, n_workers) - fresh_candidates(st, track)
-            if want <= 0 or self.exhausted.get((track, trusted)) == ts.judged:
-                continue                  # retried once more verdicts came in (new near-wins to combine)
-            try:
-                hs = self.proposer.propose(self._context(track), want)
-            except Exception as e:
-                self.log(f"the {self.proposer.name} proposer failed on {track}: {type(e).__name__}: {e}")
-                hs = []
-            self._drain_usage()
-            fresh = [h for h in hs if hypothesis_key(h) not in st.keys.get((track, trusted), set())]
-            if not fresh:
-                if (track, trusted) not in self.exhausted:
-                    self.log(f"the {self.proposer.name} agent has no new hypothesis for {track} on mainline "
-                             f"{trusted[:12]}")
-                self.exhausted[(track, trusted)] = ts.judged
-                continue
-            for h in fresh:
-                data = h.to_dict()
-                data.update(track=track, mainline_commit=trusted)
-                self._emit("hypothesis_proposed", **data)
-                self._implement(Hypothesis.from_dict(data), trusted, track)
+        for _ in range(3):            # in-loop jobs: propose -> hypotheses -> candidates in one pass
+            self._harvest()
+            if self.agent_fatal:
+                return
+            for track, n_workers in tracks.items():
+                self._implement_pending(track)
+                self._propose_more(track, n_workers)
+        self._analyze()
+        self._harvest()
 
-    def _implement(self, h, base: str, track: str):
-        from agents.base import ImplementationError
-        cid = uuid.uuid4().hex[:12]
-        impls = [self.patcher] if h.patch else []
-        if h.params or not h.patch:
-            impls.append(self.implementer)
-        why = "no implementer"
-        for impl in impls:
-            try:
-                commit, diff = self.mainline.build_candidate(h, impl, base, cid, self.target.is_editable)
-            except ImplementationError as e:
-                why = e.reason
-                continue
-            self._emit("candidate_created", candidate_id=cid, hypothesis_id=h.hypothesis_id, track=track,
-                       commit=commit, base_commit=base, diff=diff, implementer=impl.name)
+    def _propose_more(self, track: str, n_workers: int):
+        st = self.state
+        ts = st.swarm[track]
+        trusted = ts.trusted
+        if self._backing_off(("propose", track)):
             return
+        asked = self.asked.get(track, 0)
+        want = (max(self.cfg.buffer, n_workers) - fresh_candidates(st, track) - len(self._pending_impl(track))
+                - asked)
+        if want <= 0 or self.exhausted.get((track, trusted)) == ts.judged:
+            return                    # retried once more verdicts came in (new near-wins to combine)
+        if asked and want < max(1, self.cfg.buffer // MIN_BATCH_PART):
+            return                    # a call is on its way: the next one waits for a worthwhile batch
+        self.asked[track] = asked + want
+        self._submit("propose", ("propose", track), (track, trusted, want), self.proposer.propose,
+                     self._context(track), want)
+
+    def _implement_pending(self, track: str):
+        from agents.base import Hypothesis, ImplementationError
+        st = self.state
+        for hid, base in self._pending_impl(track):
+            if hid in self.in_impl or self._backing_off(("impl", hid)):
+                continue
+            h = Hypothesis.from_dict(st.hyp[hid])
+            cid = uuid.uuid4().hex[:12]
+            why = "no implementer"
+            if h.patch:               # a ported win or an agent's diff: git apply, here (fast)
+                try:
+                    self._commit_candidate(h, self.patcher, base, cid, track)
+                    continue
+                except ImplementationError as e:
+                    why = e.reason
+            if h.params or not h.patch:
+                files = self._base_files(base)
+                self.in_impl.add(hid)
+                self._submit("implement", ("impl", hid), (h, base, cid, track), self._implement_job, h, files)
+                continue
+            self._invalid(h, cid, track, base, why)
+
+    def _base_files(self, base: str) -> dict:
+        """The files an implementer sees: the editable ones, the fixed ones and the target's notes."""
+        if base not in self.base_files:
+            keep = lambda p: (self.target.is_editable(p) or p in self.target.fixed  # noqa: E731
+                              or p in ("program.md", "target.toml"))
+            self.base_files = {base: self.mainline.files(base, keep)}
+        return self.base_files[base]
+
+    def _implement_job(self, h, files: dict) -> dict:
+        """(in a job) Implement h in a scratch repository of the base files; the changed files."""
+        import tempfile
+        from pathlib import Path
+
+        from agents.actor import _files_workspace
+        with tempfile.TemporaryDirectory(prefix="swarm-implement-") as tmp:
+            ws = _files_workspace(Path(tmp), files)
+            self.implementer.implement(h, ws)
+            now = {str(p.relative_to(ws)): p for p in ws.rglob("*")
+                   if p.is_file() and ".git" not in p.relative_to(ws).parts}
+            changed = {}
+            for rel, p in now.items():
+                text = p.read_text(encoding="utf-8", errors="replace")
+                if files.get(rel) != text:
+                    changed[rel] = text
+            changed.update({rel: None for rel in files if rel not in now})
+            return changed
+
+    def _commit_candidate(self, h, impl, base: str, cid: str, track: str):
+        commit, diff = self.mainline.build_candidate(h, impl, base, cid, self.target.is_editable)
+        self._emit("candidate_created", candidate_id=cid, hypothesis_id=h.hypothesis_id, track=track,
+                   commit=commit, base_commit=base, diff=diff, implementer=impl.name)
+
+    def _invalid(self, h, cid: str, track: str, base: str, why: str):
         self._emit("candidate_invalid", candidate_id=cid, hypothesis_id=h.hypothesis_id, track=track,
                    reason=why, base_commit=base)
         self.log(f"could not implement {h.title[:60]}: {why[:200]}")
+
+    def _analyze(self):
+        """Every analyst_every verdicts, the analyst's lab note (it decides from the journal itself)."""
+        if self.analyst is None or self.analyzing or self.verdicts_new < self.cfg.analyst_every:
+            return
+        self.verdicts_new = 0
+        self.analyzing = True
+        events = [ev for _, ev in self.journal.read()]
+        self._submit("analyst", ("analyst",), None, self.analyst.maybe_write, events)
+
+    def _harvest(self):
+        """Turn the finished agent jobs into events (and candidates into commits)."""
+        from agents.anthropic_agent import AgentError
+        from agents.base import ImplementationError, hypothesis_key
+        st = self.state
+        done = [j for j in self.jobs if j[0].done()]
+        if not done:
+            self._drain_usage()
+            return
+        self.jobs = [j for j in self.jobs if not j[0].done()]
+        for fut, kind, key, payload in done:
+            if kind == "analyst":
+                self.analyzing = False
+                try:
+                    note = fut.result()
+                except Exception as e:
+                    self.log(f"the analyst failed: {type(e).__name__}: {e}")
+                    note = None
+                if note:
+                    self._emit("lab_note", author=note.get("author"), title=note.get("title"),
+                               text=note.get("text"))
+                    self.log(f"lab note: {str(note.get('title'))[:100]}")
+                continue
+            if kind == "propose":
+                track, asked_on, n = payload
+                self.asked[track] = max(0, self.asked.get(track, 0) - n)
+                try:
+                    hs = fut.result()
+                except AgentError as e:
+                    self._agent_failed(e, key, f"to propose for {track}")
+                    continue
+                except Exception as e:
+                    self.log(f"the {self.proposer.name} proposer failed on {track}: {type(e).__name__}: {e}")
+                    hs = []
+                self.backoff.pop(key, None)
+                ts = st.swarm[track]
+                trusted = ts.trusted          # the mainline may have moved while the agent thought
+                fresh = [h for h in hs if hypothesis_key(h) not in st.keys.get((track, trusted), set())]
+                if not fresh:
+                    if (track, trusted) not in self.exhausted:
+                        self.log(f"the {self.proposer.name} agent has no new hypothesis for {track} on "
+                                 f"mainline {trusted[:12]}")
+                    self.exhausted[(track, trusted)] = ts.judged
+                    continue
+                for h in fresh:
+                    if hypothesis_key(h) in st.keys.get((track, trusted), set()):
+                        continue              # the same idea twice in one answer
+                    data = h.to_dict()
+                    data.update(track=track, mainline_commit=trusted)
+                    self._emit("hypothesis_proposed", **data)
+                continue
+            h, base, cid, track = payload
+            self.in_impl.discard(h.hypothesis_id)
+            if st.pending_impl.get(h.hypothesis_id) != base:
+                continue                      # built meanwhile, or to be rebuilt on a new mainline
+            try:
+                files = fut.result()
+            except AgentError as e:
+                self._agent_failed(e, key, f"to implement {h.title[:60]!r}")
+                continue
+            except ImplementationError as e:
+                self._invalid(h, cid, track, base, e.reason)
+                continue
+            except Exception as e:            # an agent's failure is the hypothesis's, not the campaign's
+                self._invalid(h, cid, track, base,
+                              f"the {self.implementer.name} implementer failed: {type(e).__name__}: {e}")
+                continue
+            self.backoff.pop(key, None)
+            try:
+                self._commit_candidate(h, FilesImplementer(files, self.implementer.name), base, cid, track)
+            except ImplementationError as e:
+                self._invalid(h, cid, track, base, e.reason)
+        self._drain_usage()
 
     def _context(self, track):
         from agents.base import ResearchContext
@@ -642,6 +857,13 @@ class Campaign:
                 elif c.verdict:
                     for k in ("verdict", "effect_bpb", "effect_sigma", "trials"):
                         entry[k] = c.verdict.get(k)
+                if c.invalid and not c.verdict:
+                    entry["reason"] = c.invalid if isinstance(c.invalid, str) else None
+                crashed = [t for t in st.trials_of(candidate_id=c.candidate_id) if t.status in ("crash", "invalid")]
+                if crashed:               # why it crashed: the proposer should not repeat it
+                    t = crashed[-1]
+                    entry.update(reason=t.reason, crash_class=t.crash_class,
+                                 log_tail=(t.log_tail or "")[-CRASH_LOG_TAIL:])
             history.append(entry)
         sigma = st.noise(track)[0]
         notes = [str(n.data.get("text", "")) for n in st.notes[-20:]]
@@ -649,10 +871,13 @@ class Campaign:
                                history=history, noise_floor=sigma, notes=notes)
 
     def _drain_usage(self):
-        for agent in (self.proposer, self.implementer):
+        seen = set()
+        for agent in (self.proposer, self.implementer, self.analyst):
             drain = getattr(agent, "drain_usage", None)
-            if drain is None:
+            meter = getattr(agent, "usage", None) or agent   # one meter may serve two agents
+            if drain is None or id(meter) in seen:
                 continue
+            seen.add(id(meter))
             for rec in drain() or []:
                 self._emit("agent_usage", **rec)
 
@@ -817,6 +1042,7 @@ class Campaign:
                 self._abort_trial(slot.trial, f"campaign stopped: {reason}")
                 slot.trial = slot.ref = None
             self._reconcile_quietly()
+            self._last_agent_jobs()
             self._emit("campaign_stopped", reason=reason, error=error)
             self.log(f"campaign {self.cfg.campaign} stopped: {reason}")
             stops = []
@@ -835,10 +1061,22 @@ class Campaign:
             self.workers.clear()
             self.joining.clear()
         finally:
+            if self.pool is not None:     # a call in flight finishes on its own; nothing waits for it
+                self.pool.shutdown(wait=False, cancel_futures=True)
             if self.own_ray:
                 ray.shutdown()
             self.journal.close()
             self.mainline.close()
+
+    def _last_agent_jobs(self):
+        """Agent jobs about to finish still land (a lab note, an answered call's usage)."""
+        from concurrent.futures import wait
+        try:
+            if self.jobs:
+                wait([j[0] for j in self.jobs], timeout=AGENT_STOP_WAIT_S)
+            self._harvest()
+        except Exception as e:
+            self.log(f"warning: the agent's last answers were lost at stop: {type(e).__name__}: {e}")
 
     def _reconcile_quietly(self):
         try:

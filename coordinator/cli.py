@@ -213,6 +213,12 @@ def render_status(st, console):
                   f"{sum(1 for m in st.merges.values() if m.outcome == 'promoted')} promoted")
     if st.fatal:
         console.print(f"[red]cannot go on:[/red] {st.fatal}")
+    usage = list(getattr(st, "usage", {}).values())
+    if usage:
+        console.print(f"agent usage: {sum(u.calls for u in usage)} calls, "
+                      f"{sum(u.input_tokens for u in usage):,} input + {sum(u.output_tokens for u in usage):,} "
+                      f"output tokens ({sum(u.cache_read_tokens for u in usage):,} cache read), "
+                      f"${sum(u.cost_usd for u in usage):.4f}")
 
     workers = Table(title="workers", title_justify="left")
     for col in ("worker", "track", "state", "trial", "kind", "progress", "loss", "left", "seen"):

@@ -41,7 +41,8 @@ class SwarmConfig:
     workers: int | None = None      # local Ray: worker actors (default 1); cluster: cap (default: one per mlx)
     env: dict = field(default_factory=dict)  # extra env for trials (AUTORESEARCH_PROFILE/CACHE by default)
     time_budget: float | None = None  # seconds of training per trial; None: the profile's
-    baseline_trials: int = 3        # ok trials of a new mainline before it judges anything (its noise floor)
+    baseline_trials: int = 5        # ok trials of a new mainline before it judges anything (its noise floor);
+                                    # fewer costs power: 3 finds 74% of true 2σ wins, 5 finds 84% (docs/statistics.md)
     retest_trials: int = 4          # fresh seeds started at once for a merged mainline
     confidence: float = 0.95        # one-sided; overall false-merge rate <= 1 - confidence
     min_effect: float = 0.0         # smallest improvement worth a merge (metric units)
@@ -49,7 +50,8 @@ class SwarmConfig:
     lease_s: float = 60.0           # a worker silent this long loses its trial (re-run elsewhere)
     until: float | None = None      # unix time to stop at (flags take "07:00", "8h", ISO dates)
     max_trials: int | None = None   # stop after this many trials finished in this run
-    agent: str = "offline"          # offline | auto | anthropic | command | package.module:factory
+    agent: str = "auto"             # auto (Anthropic with ANTHROPIC_API_KEY, else a configured command,
+                                    # else offline) | offline | anthropic | command | package.module:factory
     agents: dict = field(default_factory=dict)  # backend settings (agents/factory.py): model, command, ...
     seed: int = 0                   # agent seed (same seed + same journal -> same hypotheses)
     buffer: int = 2                 # candidates kept ready per track beyond one per worker

@@ -28,6 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # Ray 2.60 under `uv run` re-launches its workers through `uv run` in a fresh, empty
 # environment unless told not to; tests (and the swarm) run workers in this venv.
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# The default agent is "auto": a developer's real key must never make a test call the API.
+# The Anthropic tests set their own key and point the SDK at a local stand-in.
+os.environ.pop("ANTHROPIC_API_KEY", None)
 
 
 def blas_env():

@@ -117,7 +117,7 @@ def test_synthetic_campaign_judges_known_effects(ray_local, tmp_path):
     repo = make_repo(tmp_path / "repo")
     logs = []
     agent = (LuckyFirst(), OfflineImplementer())
-    reason = Campaign(config(repo, "stat", workers=1, max_trials=40), agent=agent, log=logs.append).run()
+    reason = Campaign(config(repo, "stat", workers=1, max_trials=40, baseline_trials=3), agent=agent, log=logs.append).run()
     assert reason == "reached --max-trials 40", logs[-5:]
     events = events_of(repo, "stat")
     st = check_consistent(repo, "stat", events)
@@ -293,11 +293,23 @@ def _actor_pid_running(repo_workdir_name):
     return None
 
 
+def _w1_training(repo):
+    try:
+        events = events_of(repo, "lease1")
+    except Exception:  # the journal is not there yet
+        return False
+    started = {ev.data["trial_id"] for ev in events if ev.type == "trial_started" and ev.data.get("worker") == "w1"}
+    done = {ev.data["trial_id"] for ev in events if ev.type == "trial_finished"}
+    return bool(started - done)
+
+
 def test_silent_worker_loses_its_trial_after_the_lease(ray_local, tmp_path):
     """A worker that stops answering (SIGSTOP: a Mac asleep) loses its trial when its lease
     expires; the trial is journaled aborted once, re-run on the other worker, nothing lost."""
     repo = make_repo(tmp_path / "repo")
-    cfg = config(repo, "lease1", workers=2, lease_s=4.0, max_trials=6, baseline_trials=2,
+    # max_trials leaves room: on a loaded machine w1's actor may start late, and the campaign must
+    # not reach its last trial (on w2 alone) before w1's lease has had time to expire
+    cfg = config(repo, "lease1", workers=2, lease_s=4.0, max_trials=10, baseline_trials=2,
                  env={"AUTORESEARCH_SYNTH_SLEEP": "2.5"})
     logs = []
     out = {}
@@ -307,7 +319,9 @@ def test_silent_worker_loses_its_trial_after_the_lease(ray_local, tmp_path):
     try:
         deadline = time.time() + 120
         while time.time() < deadline and stopped is None:
-            pid = _actor_pid_running("w1")
+            # only once the journal shows w1 training (before that a train.py in w1's folder may
+            # belong to a process that is not yet the joined worker actor)
+            pid = _actor_pid_running("w1") if _w1_training(repo) else None
             if pid:
                 os.kill(pid, signal.SIGSTOP)
                 stopped = pid
@@ -320,7 +334,7 @@ def test_silent_worker_loses_its_trial_after_the_lease(ray_local, tmp_path):
                 os.kill(stopped, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-    assert not runner.is_alive() and out["reason"] == "reached --max-trials 6", logs[-10:]
+    assert not runner.is_alive() and out["reason"] == "reached --max-trials 10", logs[-10:]
     events = events_of(repo, "lease1")
     check_consistent(repo, "lease1", events)
     expired = [ev.data for ev in of_type(events, "trial_finished") if "lease expired" in (ev.data["reason"] or "")]

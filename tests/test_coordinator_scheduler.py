@@ -90,7 +90,7 @@ def test_config_flags_over_toml_over_defaults(tmp_path):
     cfg = load_config({"repo": str(tmp_path), "retest_trials": 5, "agents": {"command": "c"}},
                       environ={"AUTORESEARCH_PROFILE": "tiny", "SWARM_JOURNAL": "redis://h:1/0"})
     assert cfg.workers == 3 and cfg.retest_trials == 5 and cfg.lease_s == 30.0
-    assert cfg.baseline_trials == 3                        # default
+    assert cfg.baseline_trials == 5 and cfg.agent == "auto"  # defaults
     assert cfg.env == {"AUTORESEARCH_PROFILE": "tiny"}     # passed to every trial
     assert cfg.journal_url == "redis://h:1/0"
     assert cfg.agents == {"model": "m1", "command": "c"}
