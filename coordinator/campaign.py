@@ -130,6 +130,7 @@ class Campaign:
         # the agent, ahead of the workers (see _fill)
         self.analyst = None
         self.pool: ThreadPoolExecutor | None = None   # None: agent jobs run in the loop
+        self.analyst_pool: ThreadPoolExecutor | None = None  # its own thread: never behind a hung proposal
         self.jobs: list = []               # (future, kind, backoff key, payload) of agent jobs
         self.asked: dict = {}              # track -> hypotheses asked for by the proposals in flight
         self.in_impl: set = set()          # hypothesis ids being implemented
@@ -627,6 +628,7 @@ class Campaign:
             threads = 0 if offline else AGENT_THREADS
         if threads:
             self.pool = ThreadPoolExecutor(threads, thread_name_prefix="swarm-agent")
+            self.analyst_pool = ThreadPoolExecutor(1, thread_name_prefix="swarm-analyst")
         if self.cfg.analyst_every and self.analyst is None:
             from agents.analyst import Analyst
             self.analyst = Analyst({"every": self.cfg.analyst_every, "direction": self.target.direction})
@@ -640,7 +642,7 @@ class Campaign:
             except Exception as e:
                 fut.set_exception(e)
         else:
-            fut = self.pool.submit(fn, *args)
+            fut = (self.analyst_pool if kind == "analyst" else self.pool).submit(fn, *args)
         self.jobs.append((fut, kind, key, payload))
 
     def _backing_off(self, key) -> bool:
@@ -1061,8 +1063,9 @@ class Campaign:
             self.workers.clear()
             self.joining.clear()
         finally:
-            if self.pool is not None:     # a call in flight finishes on its own; nothing waits for it
-                self.pool.shutdown(wait=False, cancel_futures=True)
+            for pool in (self.pool, self.analyst_pool):  # a call in flight finishes on its own
+                if pool is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
             if self.own_ray:
                 ray.shutdown()
             self.journal.close()
