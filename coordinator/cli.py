@@ -160,18 +160,27 @@ def _open_existing(args):
     return open_journal(url, campaign=tag), tag
 
 
-def cmd_stop(args) -> int:
+def _replayed(args):
+    """(journal, tag, state) of an existing campaign, or None after printing why."""
     from coordinator.state import CampaignState
     from journal import JournalError
     try:
         journal, tag = _open_existing(args)
     except (JournalError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return None
+    st = CampaignState(tag)
+    for pos, ev in journal.read():
+        st.apply(ev, pos)
+    return journal, tag, st
+
+
+def cmd_stop(args) -> int:
+    got = _replayed(args)
+    if got is None:
         return 2
+    journal, tag, st = got
     with journal:
-        st = CampaignState(tag)
-        for pos, ev in journal.read():
-            st.apply(ev, pos)
         if not st.running():
             print(f"campaign {tag} is not running (stopped: {st.stop_reason or 'never started'})")
             return 0
@@ -183,17 +192,11 @@ def cmd_stop(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from coordinator.state import CampaignState
-    from journal import JournalError
-    try:
-        journal, tag = _open_existing(args)
-    except (JournalError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    got = _replayed(args)
+    if got is None:
         return 2
-    with journal:
-        st = CampaignState(tag)
-        for pos, ev in journal.read():
-            st.apply(ev, pos)
+    journal, tag, st = got
+    journal.close()
     from rich.console import Console
     render_status(st, Console())
     return 0
