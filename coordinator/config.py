@@ -19,7 +19,10 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the same parser from PyPI (a declared dependency there)
+    import tomli as tomllib
 
 CONFIG_FILE = "swarm.toml"          # looked up at the repo root when no --config is given
 SWARM_DIR = ".swarm"                # coordinator files inside the research repo (git-ignored locally)
@@ -217,7 +220,9 @@ def load_config(flags: dict | None = None, toml_path: str | os.PathLike | None =
             values[key] = float(values[key])
     if values.get("journal") is None and environ.get(JOURNAL_ENV):
         values["journal"] = environ[JOURNAL_ENV]
-    env = {k: environ[k] for k in PASSED_ENV if environ.get(k)}
+    # a cluster's Macs keep their own cache paths (user names differ): only the profile travels
+    passed = PASSED_ENV if values.get("address") is None else ("AUTORESEARCH_PROFILE",)
+    env = {k: environ[k] for k in passed if environ.get(k)}
     env.update(values.get("env") or {})
     values["env"] = env
     return _check(SwarmConfig(**values))

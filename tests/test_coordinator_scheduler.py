@@ -97,6 +97,15 @@ def test_config_flags_over_toml_over_defaults(tmp_path):
     assert load_config({"repo": str(tmp_path)}, environ={}).journal_url == str(tmp_path / ".swarm" / "journal.db")
 
 
+def test_cache_path_travels_only_to_local_workers(tmp_path):
+    environ = {"AUTORESEARCH_PROFILE": "laptop", "AUTORESEARCH_CACHE": "/Users/alice/.cache/ar"}
+    local = load_config({"repo": str(tmp_path)}, environ=environ)
+    assert local.env == environ
+    # each Mac of a cluster keeps its own cache path (another user name): only the profile travels
+    cluster = load_config({"repo": str(tmp_path), "address": "10.0.0.1:6379"}, environ=environ)
+    assert cluster.env == {"AUTORESEARCH_PROFILE": "laptop"}
+
+
 @pytest.mark.parametrize("flags, key", [({"baseline_trials": 1}, "baseline_trials"),
                                         ({"confidence": 1.5}, "confidence"),
                                         ({"workers": 0}, "workers"),
