@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from agents.anthropic_agent import AgentError
+from agents.base import AgentError
 from agents.base import Hypothesis, ImplementationError, ResearchContext
 from agents.factory import make_agents
 from agents.tools import editable_files, resolve_editable

@@ -32,12 +32,13 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from agents import prompts
-from agents.base import Hypothesis, ImplementationError, Implementer, Proposer, ResearchContext
+from agents.base import (AgentError, Hypothesis, ImplementationError, Implementer, Proposer, ResearchContext,
+                         settings_from_dict)
 from agents.tools import (
     DONE_TOOL_SPEC,
     FILE_TOOL_SPECS,
@@ -74,17 +75,6 @@ NO_FORCED_TOOL_PREFIXES = ("claude-sonnet-5-5", "claude-opus-5-5", "claude-fable
                            "claude-mythos-5-1", "claude-haiku-5-5")
 
 
-class AgentError(RuntimeError):
-    """The agent backend itself failed (bad key, unknown model, API overloaded, a
-    misconfigured command): not the hypothesis's fault. kind: auth, model,
-    overloaded, rate_limit, connection, bad_request, api, config, output."""
-
-    def __init__(self, message: str, kind: str = "api", status: int | None = None):
-        super().__init__(message)
-        self.kind = kind
-        self.status = status
-
-
 @dataclass
 class AnthropicConfig:
     model: str = DEFAULT_MODEL
@@ -106,12 +96,7 @@ class AnthropicConfig:
     def from_dict(cls, d: Mapping[str, Any] | "AnthropicConfig" | None) -> "AnthropicConfig":
         if isinstance(d, AnthropicConfig):
             return d
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise AgentError(f"unknown Anthropic agent setting(s) {unknown}; known: {sorted(known)}", kind="config")
-        cfg = cls(**d)
+        cfg = settings_from_dict(cls, d, "Anthropic agent")
         if not isinstance(cfg.model, str) or not cfg.model:
             raise AgentError("the Anthropic model must be a model id such as claude-sonnet-5-5: set --model",
                              kind="config")

@@ -18,7 +18,7 @@ import json
 import math
 import re
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -64,6 +64,27 @@ class ResearchContext:
     history: list[dict] = field(default_factory=list)
     noise_floor: float | None = None
     notes: list[str] = field(default_factory=list)  # lab notes
+
+
+class AgentError(RuntimeError):
+    """The agent backend itself failed (bad key, unknown model, API overloaded, a
+    misconfigured command): not the hypothesis's fault. kind: auth, model,
+    overloaded, rate_limit, connection, bad_request, api, config, output."""
+
+    def __init__(self, message: str, kind: str = "api", status: int | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+
+
+def settings_from_dict(cls, d, what: str):
+    """A backend's settings dataclass from a config dict; unknown keys are an AgentError."""
+    d = dict(d or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise AgentError(f"unknown {what} setting(s) {unknown}; known: {sorted(known)}", kind="config")
+    return cls(**d)
 
 
 class ImplementationError(Exception):

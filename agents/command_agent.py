@@ -32,12 +32,12 @@ import signal
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from agents import prompts
-from agents.anthropic_agent import AgentError
+from agents.base import AgentError, settings_from_dict
 from agents.base import Hypothesis, ImplementationError, Implementer, Proposer, ResearchContext
 from agents.tools import is_editable, resolve_editable
 
@@ -65,12 +65,7 @@ class CommandConfig:
             return d
         if isinstance(d, (str, list)):
             d = {"command": d}
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise AgentError(f"unknown agent command setting(s) {unknown}; known: {sorted(known)}", kind="config")
-        cfg = cls(**d)
+        cfg = settings_from_dict(cls, d, "agent command")
         if not cfg.command or (isinstance(cfg.command, str) and not cfg.command.strip()):
             raise AgentError("no agent command configured: give one, e.g. 'claude -p'", kind="config")
         if not isinstance(cfg.timeout_s, (int, float)) or cfg.timeout_s <= 0:

@@ -763,7 +763,7 @@ class Campaign:
 
     def _harvest(self):
         """Turn the finished agent jobs into events (and candidates into commits)."""
-        from agents.anthropic_agent import AgentError
+        from agents.base import AgentError
         from agents.base import ImplementationError, hypothesis_key
         st = self.state
         done = [j for j in self.jobs if j[0].done()]
