@@ -1,19 +1,22 @@
 """
-Agents as a Ray actor, so proposing and implementing run ahead of the workers
-on any machine of the cluster, without an accelerator.
+Agents as a Ray actor, so proposing and implementing run ahead of the workers,
+without an accelerator, while the coordinator's loop only dispatches and judges.
 
 AgentService is a plain class (testable without Ray): built from a config dict
-(agents/factory.py), it answers with plain dicts only, so nothing but JSON-like
-data crosses Ray. AgentActor is the same class as a Ray actor with num_cpus=0
-and no custom resource, so it never takes a worker's "mlx" slot:
+(agents/factory.py) or from ready-made agents, it answers with plain dicts only,
+so nothing but JSON-like data crosses Ray. AgentActor is the same class as a
+threaded Ray actor with num_cpus=0 and no custom resource, so it never takes a
+worker's "mlx" slot; many calls run at once (max_concurrency), and lab notes run
+in a concurrency group of their own, so a slow proposal never holds a note up:
 
-    from agents.actor import AgentActor
-    a = AgentActor.remote({"backend": "auto", "model": "claude-sonnet-5-5"})
+    from agents.actor import AgentActor, ANALYST_GROUP
+    a = AgentActor.options(max_concurrency=8).remote({"backend": "auto", "model": "claude-sonnet-5-5"})
     out = ray.get(a.propose.remote(ctx_dict, 4))        # {"hypotheses": [...], "usage": [...], ...}
     out = ray.get(a.implement.remote(h_dict, {"train.py": text}))   # {"ok", "files", ...}
+    out = ray.get(a.lab_note.options(concurrency_group=ANALYST_GROUP).remote(new_events))
 
 Usage records come back with every answer for the coordinator to emit as
-agent_usage events, unless the actor was given a journal_url (then it emitted
+agent_usage events, unless the service was given a journal_url (then it emitted
 them itself: "usage_emitted": true).
 """
 
@@ -22,17 +25,19 @@ from __future__ import annotations
 import logging
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from agents.base import AgentError
-from agents.base import Hypothesis, ImplementationError, ResearchContext
-from agents.factory import make_agents
+from agents.base import AgentError, Hypothesis, ImplementationError, ResearchContext
+from agents.factory import AgentSet, make_agents
 from agents.tools import editable_files, resolve_editable
 
 log = logging.getLogger(__name__)
 
-NUM_CPUS = 0  # agents wait on the network or a subprocess; they need no reserved core
+NUM_CPUS = 0             # agents wait on the network or a subprocess; they need no reserved core
+ANALYST_GROUP = "analyst"  # the concurrency group of lab_note: one note at a time, beside the research calls
+MAX_RESTARTS = 3         # a crashed agent process is started again (its calls in flight fail, and are retried)
 
 
 def _ctx(d: Mapping[str, Any]) -> ResearchContext:
@@ -55,21 +60,41 @@ def _files_workspace(root: Path, files: Mapping[str, str]) -> Path:
 
 
 class AgentService:
-    """Proposer, implementer and analyst of one backend, answering with plain dicts."""
+    """Proposer, implementer and analyst of one backend, answering with plain dicts.
+
+    config: agents/factory.py settings ("editable" names the files an implementation may
+    change). agents: ready-made agents instead of building them from config (an AgentSet).
+    """
 
     def __init__(self, config: Mapping[str, Any] | None = None, journal_url: str | None = None,
-                 campaign: str | None = None, smoke: Callable | None = None):
+                 campaign: str | None = None, smoke: Callable | None = None, agents: AgentSet | None = None):
         self.config = dict(config or {})
         self.journal = None
         if journal_url:
             from journal import open_journal
 
             self.journal = open_journal(journal_url, campaign=campaign)
-        self.agents = make_agents(self.config, self.journal, smoke=smoke, announce=log.warning)
+        self.agents = agents or make_agents(self.config, self.journal, smoke=smoke, announce=log.warning)
+        self.events: list = []            # what the analyst has seen, in journal order
+        self._events_lock = threading.Lock()
 
     @property
     def backend(self) -> str:
         return self.agents.backend
+
+    def ready(self) -> dict:
+        """Which backend answers, and where. It builds the API clients (the SDK import takes
+        seconds, better spent now than in the first proposal; a missing key is an AgentError)."""
+        import os
+        import socket
+
+        for part in (self.agents.proposer, self.agents.implementer, self.agents.analyst):
+            client = getattr(part, "client", None)
+            if callable(getattr(client, "sdk", None)):
+                client.sdk()
+
+        return {"backend": self.agents.backend, "message": self.agents.message, "host": socket.gethostname(),
+                "pid": os.getpid()}
 
     def _answer(self, **data: Any) -> dict:
         return {"backend": self.agents.backend, "usage": self.agents.drain_usage(),
@@ -85,8 +110,8 @@ class AgentService:
 
     def implement(self, hypothesis_dict: Mapping[str, Any], workspace: str | Path | Mapping[str, str]) -> dict:
         """Implement in a workspace path (a checkout, edited in place) or in a scratch copy of a
-        files dict {path: text}. {"ok", "reason", "agent_error", "files": {changed editable
-        path: new text | None}, "report", "usage"}."""
+        files dict {path: text}. {"ok", "reason", "agent_error", "error_kind", "files": {changed
+        editable path: new text | None}, "report", "usage"}; changes to other files are discarded."""
         h = Hypothesis.from_dict(hypothesis_dict)
         if isinstance(workspace, Mapping):
             with tempfile.TemporaryDirectory(prefix="swarm-implement-") as tmp:
@@ -99,16 +124,21 @@ class AgentService:
         try:
             report = self.agents.implementer.implement(h, ws)
         except ImplementationError as e:
-            return self._answer(ok=False, reason=e.reason, agent_error=False, files={}, report=None)
+            return self._answer(ok=False, reason=e.reason, agent_error=False, error_kind=None, files={}, report=None)
         except AgentError as e:
-            return self._answer(ok=False, reason=str(e), agent_error=True, files={}, report=None)
+            return self._answer(ok=False, reason=str(e), agent_error=True, error_kind=e.kind, files={}, report=None)
         after = {p: (ws / p).read_text(encoding="utf-8") for p in editable_files(ws, editable)}
         files = {p: after.get(p) for p in sorted(set(before) | set(after)) if before.get(p) != after.get(p)}
-        return self._answer(ok=True, reason=None, agent_error=False, files=files,
-                            report=report if isinstance(report, dict) else None)
+        return self._answer(ok=True, reason=None, agent_error=False, error_kind=None, files=files,
+                            report=report if isinstance(report, dict) else None,
+                            implementer=self.agents.implementer.name)
 
-    def lab_note(self, events: list) -> dict:
-        """{"note": {author, title, text} | None, "usage": [...]}: a note when one is due."""
+    def lab_note(self, new_events: list) -> dict:
+        """{"note": {author, title, text} | None, "usage": [...]}. new_events: the journal's events
+        since the last call (the analyst decides from all of them whether a note is due)."""
+        with self._events_lock:
+            self.events += new_events
+            events = list(self.events)
         return self._answer(note=self.agents.analyst.maybe_write(events))
 
 
@@ -118,7 +148,8 @@ def __getattr__(name: str):
     if name == "AgentActor":
         import ray
 
-        actor = ray.remote(num_cpus=NUM_CPUS)(AgentService)
+        actor = ray.remote(num_cpus=NUM_CPUS, max_restarts=MAX_RESTARTS,
+                           concurrency_groups={ANALYST_GROUP: 1})(AgentService)
         globals()["AgentActor"] = actor
         return actor
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,10 +12,12 @@ One pass of the loop:
   leases     a trial whose worker stopped answering loses it (journaled as
              aborted, counted once) and is needed again
   fill       the agent runs ahead: proposals, implementations and the analyst's lab notes
-             are jobs on a thread pool (agent_threads), keeping `buffer` candidates ready
-             per track; finished jobs become events here (the coordinator is the journal's
-             single writer, agent_usage included), so a slow model never holds up the loop
-  dispatch   scheduler assignments -> run_trial.remote on idle workers
+             are jobs of an agent actor (coordinator/agent_runner.py: a Ray actor for a model
+             backend, agent_threads calls at once), keeping `buffer` candidates ready per
+             track; answers become events here (the coordinator is the journal's single
+             writer, agent_usage included), so a slow model never holds up the loop
+  dispatch   scheduler assignments -> run_trial.remote on idle workers; a worker with
+             nothing to do while the agent works runs another baseline of its mainline
   wait       ray.wait on running trials (and joining workers), at most poll_s
 
 The state is the journal: every decision is an event first and an effect
@@ -32,10 +34,10 @@ import signal
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from coordinator.agent_runner import AgentRunner, AgentStartError
 from coordinator.config import SwarmConfig, config_from_dict, default_campaign_tag
 from coordinator.mainline import MainlineRepo, PatchImplementer
 from coordinator.scheduler import Policy, fresh_candidates, next_decision, pending_decisions, schedule, work
@@ -52,6 +54,9 @@ MAX_WORKER_ABORTS = 3      # a worker that aborts this many trials in a row is r
 PORT_AGENT = "port"        # agent name of hypotheses that carry another track's win
 HELDOUT_ENV = {"AUTORESEARCH_EVAL_SPLIT": "test"}
 AGENT_THREADS = 8          # agent calls in flight at once (agent_threads unset, a model backend)
+CONSTANTS_IMPLEMENTER = "constants"  # hypotheses that only set constants are applied here, no model call
+ANALYST_EVENTS = ("hypothesis_proposed", "verdict", "trial_finished", "candidate_invalid", "merged",
+                  "promoted", "reverted", "lab_note")   # what the analyst reads (agents/analyst.py)
 AGENT_BACKOFF_S = 5.0      # first wait after an overloaded / rate-limited / unreachable agent
 AGENT_BACKOFF_MAX_S = 120.0  # longest wait between agent retries
 FATAL_AGENT_ERRORS = ("auth", "model", "config")  # AgentError kinds no retry can fix: the campaign stops
@@ -79,6 +84,18 @@ class FilesImplementer:
             else:
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_text(text, encoding="utf-8")
+
+
+class ConstantsImplementer:
+    """A hypothesis that only sets constants (params) is applied by rewriting them, at once: a
+    model call would cost seconds and tokens for a one-line edit. Anything it cannot set goes
+    to the agent's implementer."""
+
+    name = CONSTANTS_IMPLEMENTER
+
+    def implement(self, h, workspace: Path) -> None:
+        from agents.offline import OfflineImplementer
+        OfflineImplementer().implement(h, workspace)
 
 
 @dataclass
@@ -128,10 +145,9 @@ class Campaign:
         self.warned: set = set()
         self.opened = False                # campaign_started/resumed written by this run
         # the agent, ahead of the workers (see _fill)
-        self.analyst = None
-        self.pool: ThreadPoolExecutor | None = None   # None: agent jobs run in the loop
-        self.analyst_pool: ThreadPoolExecutor | None = None  # its own thread: never behind a hung proposal
-        self.jobs: list = []               # (future, kind, backoff key, payload) of agent jobs
+        self.runner: AgentRunner | None = None
+        self.agent_plan = None             # how the agent will run (_plan_agent), started after Ray
+        self.analyst_new: list = []        # events for the analyst since its last call
         self.asked: dict = {}              # track -> hypotheses asked for by the proposals in flight
         self.in_impl: set = set()          # hypothesis ids being implemented
         self.backoff: dict = {}            # key -> (retry not before, failures so far)
@@ -139,7 +155,7 @@ class Campaign:
         self.agent_fatal: str | None = None
         self.base_files: dict = {}         # {base commit: files} for implement jobs
         self.verdicts_new = 10**9          # verdicts since the analyst last looked (at start: look)
-        self.analyzing = False
+        self.initial: str | None = None    # the commit a new campaign starts from
 
     # ------------------------------------------------------------------ start
     def run(self) -> str:
@@ -151,6 +167,8 @@ class Campaign:
         try:
             self._open()
             self._start_ray()
+            self._start_agent()
+            self._begin()
             self._discover(force=True)
             reason, error = self._loop()
             return reason
@@ -209,18 +227,21 @@ class Campaign:
 
         st = self.state
         if st.started is None:
-            initial = self.mainline.head_commit()
+            self.initial = initial = self.mainline.head_commit()
             toml = self.mainline.read(initial, "target.toml")
             self.target = Target.from_toml(toml.decode(), "target.toml") if toml is not None else Target()
         else:
             self._check_resumable()
         # everything that can refuse to start is checked before the campaign's first event
         self.policy = Policy.from_config(self.cfg, self.target.direction)
-        self.proposer, self.implementer = self._agent or self._make_agent()
+        self.agent_plan = self._plan_agent()
         self.patcher = PatchImplementer()
-        self._start_agent_jobs()
-        if st.started is None:
-            self._start_new(initial)
+        self.constants = ConstantsImplementer()
+        self.quick_constants = self.agent_plan[0] == "actor"   # a model call saved; objects given run as given
+
+    def _begin(self):
+        if self.state.started is None:
+            self._start_new(self.initial)
         else:
             self._resume()
         self.opened = True
@@ -275,22 +296,44 @@ class Campaign:
         self.log(f"campaign {self.cfg.campaign}: resumed ({st.count} events, {st.finished_count} trials, "
                  f"{len(st.merges)} merges)")
 
-    def _make_agent(self):
-        """(proposer, implementer): the offline agent, a backend of agents/factory.py, or a factory."""
-        name = self.cfg.agent
-        if name == "offline":
-            from agents.offline import OfflineImplementer, OfflineProposer
-            return OfflineProposer(seed=self.cfg.seed), OfflineImplementer()
-        if ":" not in name:
-            from agents.factory import make_agents
-            settings = {"offline": {"seed": self.cfg.seed}, **self.cfg.agents, "backend": name}
-            settings.setdefault("editable", list(self.target.editable))
-            made = make_agents(settings, None, announce=self.log)
-            if self.cfg.analyst_every:      # the backend's analyst (a model writes the note when it can)
-                from agents.analyst import Analyst
-                self.analyst = Analyst({"every": self.cfg.analyst_every, "direction": self.target.direction},
-                                       None, client=made.analyst.client, program_md=made.analyst.program_md)
-            return made.proposer, made.implementer
+    def _plan_agent(self):
+        """How the agent will run, checked before anything is journaled: ("local", AgentService,
+        threads) for agents given as objects (a factory's, a test's) and the offline agent, which
+        answers in milliseconds; ("actor", settings, threads) for a model backend."""
+        from agents.actor import AgentService
+        from agents.base import AgentError
+        from agents.factory import AgentSet, choose_backend, make_agents
+
+        cfg = self.cfg
+        threads = cfg.agent_threads
+        made = self._agent
+        if made is None and ":" in cfg.agent:
+            made = self._agent_factory(cfg.agent)
+        if made is not None:
+            proposer, implementer = made
+            offline = proposer.name == "offline" and implementer.name == "offline"
+            threads = (0 if offline else AGENT_THREADS) if threads is None else threads
+            agents = AgentSet(proposer.name, proposer, implementer, self._analyst(None), f"agents: {proposer.name}")
+            return "local", AgentService({"editable": list(self.target.editable)}, agents=agents), threads
+        program = self.mainline.read(self.state.initial_commit or self.initial, "program.md") or b""
+        settings = {"offline": {"seed": cfg.seed}, **cfg.agents, "backend": cfg.agent,
+                    "analyst": {"every": cfg.analyst_every or 1, "direction": self.target.direction},
+                    "program_md": program.decode("utf-8", "replace")}
+        settings.setdefault("editable", list(self.target.editable))
+        try:
+            backend, _ = choose_backend(settings)
+            if backend == "offline" or threads == 0:
+                return "local", AgentService(settings, agents=make_agents(settings, announce=self.log)), threads or 0
+        except AgentError as e:
+            raise CampaignError(f"agent: {e}") from None
+        settings["backend"] = backend       # the actor must not fall back to another backend
+        return "actor", settings, AGENT_THREADS if threads is None else threads
+
+    def _analyst(self, client):
+        from agents.analyst import Analyst
+        return Analyst({"every": self.cfg.analyst_every or 1, "direction": self.target.direction}, None, client=client)
+
+    def _agent_factory(self, name: str):
         import importlib
         module, _, attr = name.partition(":")
         try:
@@ -302,12 +345,25 @@ class Campaign:
             raise CampaignError(f"agent factory {name} must return (proposer, implementer)")
         return made
 
+    def _start_agent(self):
+        mode, what, threads = self.agent_plan
+        if mode == "local":
+            self.runner = AgentRunner.local(what, threads)
+            return
+        try:
+            self.runner = AgentRunner.actor(what, threads)
+        except AgentStartError as e:
+            raise CampaignError(str(e)) from None
+        self.log(f"{self.runner.message} (a Ray actor, {threads} calls at once)")
+
     # ------------------------------------------------------------------ journal
     def _sync(self, live: bool = True):
         now = time.time() if live else None
         for pos, ev in self.journal.read(after=self.pos):
             self.state.apply(ev, pos, now=now)
             self.pos = pos
+            if self.cfg.analyst_every:
+                self._for_analyst(ev)
 
     def _emit(self, type_, **data):
         ev = self.journal.emit(type_, source=SOURCE, **data)
@@ -332,12 +388,13 @@ class Campaign:
     def _start_ray(self):
         import os
 
+        # under `uv run`, Ray would re-launch its workers through `uv run` in a packaged copy of
+        # the current directory; the workers belong in this environment (as on every worker Mac).
+        # Ray reads the flag when it is imported.
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
         import ray
         if ray.is_initialized():
             return
-        # under `uv run`, Ray would re-launch its workers through `uv run` in a packaged copy of
-        # the current directory; the workers belong in this environment (as on every worker Mac)
-        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
         if self.cfg.address:
             ray.init(address=self.cfg.address, log_to_driver=False)
         else:
@@ -504,7 +561,7 @@ class Campaign:
         st = self.state
         if self._running() or self.joining or not self.workers or pending_decisions(st):
             return False
-        if self.jobs or any(until > time.time() for until, _ in self.backoff.values()):
+        if self.runner.busy() or any(until > time.time() for until, _ in self.backoff.values()):
             return False                  # the agent is still thinking, or waits to try again
         tracks = {w.track for w in self.workers.values() if w.ready}
         for track in tracks:
@@ -613,37 +670,18 @@ class Campaign:
 
     # ------------------------------------------------------------------ the agent
     # The agent runs ahead of the workers: proposing, implementing and the analyst's notes are
-    # jobs on a thread pool (a language-model call takes many seconds), so dispatching, results
-    # and leases never wait on it. Only this thread touches the journal and git: a job returns
-    # plain data (hypotheses, the files an implementation changed, a note) and _harvest turns
-    # it into events and commits.
+    # jobs of the agent runner (a Ray actor for a model backend), so dispatching, results and
+    # leases never wait on it. Only this thread touches the journal and git: a job answers with
+    # plain data (hypotheses, the files an implementation changed, a note, usage records) and
+    # _harvest turns it into events and commits.
     def _pending_impl(self, track):
         st = self.state
         return [(hid, base) for hid, base in st.pending_impl.items() if st.hyp.get(hid, {}).get("track") == track]
 
-    def _start_agent_jobs(self):
-        threads = self.cfg.agent_threads
-        if threads is None:       # the offline agent answers in milliseconds: in the loop, deterministic
-            offline = self.proposer.name == "offline" and self.implementer.name == "offline"
-            threads = 0 if offline else AGENT_THREADS
-        if threads:
-            self.pool = ThreadPoolExecutor(threads, thread_name_prefix="swarm-agent")
-            self.analyst_pool = ThreadPoolExecutor(1, thread_name_prefix="swarm-analyst")
-        if self.cfg.analyst_every and self.analyst is None:
-            from agents.analyst import Analyst
-            self.analyst = Analyst({"every": self.cfg.analyst_every, "direction": self.target.direction})
-
-    def _submit(self, kind: str, key, payload, fn, *args):
-        """Run fn(*args) as an agent job (at once, in the loop, without a pool)."""
-        if self.pool is None:
-            fut = Future()
-            try:
-                fut.set_result(fn(*args))
-            except Exception as e:
-                fut.set_exception(e)
-        else:
-            fut = (self.analyst_pool if kind == "analyst" else self.pool).submit(fn, *args)
-        self.jobs.append((fut, kind, key, payload))
+    def _agent_busy(self, track: str) -> bool:
+        """The agent is working on this track's next candidates (a worker may wait for them)."""
+        return bool(self.asked.get(track) or self._backing_off(("propose", track)) or any(
+            hid in self.in_impl or self._backing_off(("impl", hid)) for hid, _ in self._pending_impl(track)))
 
     def _backing_off(self, key) -> bool:
         until, _ = self.backoff.get(key, (0.0, 0))
@@ -651,8 +689,8 @@ class Campaign:
 
     def _agent_failed(self, e, key, what: str):
         """An AgentError is the backend's failure, never the hypothesis's: a bad key, an unknown
-        model or a bad setting stops the campaign; anything else (overload, rate limit, network)
-        is retried after a backoff."""
+        model or a bad setting stops the campaign; anything else (overload, rate limit, network,
+        a restarted agent actor) is retried after a backoff."""
         if e.kind in FATAL_AGENT_ERRORS:
             self.agent_fatal = f"the agent backend cannot go on ({e.kind}): {e}"
             return
@@ -690,8 +728,8 @@ class Campaign:
         if asked and want < max(1, self.cfg.buffer // MIN_BATCH_PART):
             return                    # a call is on its way: the next one waits for a worthwhile batch
         self.asked[track] = asked + want
-        self._submit("propose", ("propose", track), (track, trusted, want), self.proposer.propose,
-                     self._context(track), want)
+        self.runner.submit("propose", ("propose", track), (track, trusted, want), "propose",
+                           asdict(self._context(track)), want)
 
     def _implement_pending(self, track: str):
         from agents.base import Hypothesis, ImplementationError
@@ -701,19 +739,20 @@ class Campaign:
                 continue
             h = Hypothesis.from_dict(st.hyp[hid])
             cid = uuid.uuid4().hex[:12]
-            why = "no implementer"
-            if h.patch:               # a ported win or an agent's diff: git apply, here (fast)
+            # a ported win or an agent's diff: git apply; constants only: set them. Here, at once
+            quick = (self.patcher if h.patch else
+                     self.constants if h.params and self.quick_constants else None)
+            if quick is not None:
                 try:
-                    self._commit_candidate(h, self.patcher, base, cid, track)
+                    self._commit_candidate(h, quick, base, cid, track)
                     continue
                 except ImplementationError as e:
-                    why = e.reason
-            if h.params or not h.patch:
-                files = self._base_files(base)
-                self.in_impl.add(hid)
-                self._submit("implement", ("impl", hid), (h, base, cid, track), self._implement_job, h, files)
-                continue
-            self._invalid(h, cid, track, base, why)
+                    if h.patch and not h.params:
+                        self._invalid(h, cid, track, base, e.reason)
+                        continue              # no model can do better than the patch it was given
+            self.in_impl.add(hid)
+            self.runner.submit("implement", ("impl", hid), (h, base, cid, track), "implement",
+                               h.to_dict(), self._base_files(base))
 
     def _base_files(self, base: str) -> dict:
         """The files an implementer sees: the editable ones, the fixed ones and the target's notes."""
@@ -722,25 +761,6 @@ class Campaign:
                               or p in ("program.md", "target.toml"))
             self.base_files = {base: self.mainline.files(base, keep)}
         return self.base_files[base]
-
-    def _implement_job(self, h, files: dict) -> dict:
-        """(in a job) Implement h in a scratch repository of the base files; the changed files."""
-        import tempfile
-        from pathlib import Path
-
-        from agents.actor import _files_workspace
-        with tempfile.TemporaryDirectory(prefix="swarm-implement-") as tmp:
-            ws = _files_workspace(Path(tmp), files)
-            self.implementer.implement(h, ws)
-            now = {str(p.relative_to(ws)): p for p in ws.rglob("*")
-                   if p.is_file() and ".git" not in p.relative_to(ws).parts}
-            changed = {}
-            for rel, p in now.items():
-                text = p.read_text(encoding="utf-8", errors="replace")
-                if files.get(rel) != text:
-                    changed[rel] = text
-            changed.update({rel: None for rel in files if rel not in now})
-            return changed
 
     def _commit_candidate(self, h, impl, base: str, cid: str, track: str):
         commit, diff = self.mainline.build_candidate(h, impl, base, cid, self.target.is_editable)
@@ -752,88 +772,116 @@ class Campaign:
                    reason=why, base_commit=base)
         self.log(f"could not implement {h.title[:60]}: {why[:200]}")
 
+    def _for_analyst(self, ev):
+        """Keep what the analyst reads (its note is due after analyst_every verdicts)."""
+        if ev.type not in ANALYST_EVENTS:
+            return
+        d = ev.data
+        if ev.type == "trial_finished":
+            if d.get("status") in (None, "ok"):
+                return
+            d = {k: d.get(k) for k in ("trial_id", "track", "status", "crash_class", "reason")}
+        elif ev.type == "hypothesis_proposed" and d.get("patch"):
+            d = {k: v for k, v in d.items() if k != "patch"}
+        self.analyst_new.append({"type": ev.type, "source": ev.source, "data": d})
+
     def _analyze(self):
         """Every analyst_every verdicts, the analyst's lab note (it decides from the journal itself)."""
-        if self.analyst is None or self.analyzing or self.verdicts_new < self.cfg.analyst_every:
+        if not self.cfg.analyst_every or self.runner.busy("analyst") or self.verdicts_new < self.cfg.analyst_every:
             return
         self.verdicts_new = 0
-        self.analyzing = True
-        events = [ev for _, ev in self.journal.read()]
-        self._submit("analyst", ("analyst",), None, self.analyst.maybe_write, events)
+        new, self.analyst_new = self.analyst_new, []
+        self.runner.submit("analyst", ("analyst",), None, "lab_note", new)
 
     def _harvest(self):
-        """Turn the finished agent jobs into events (and candidates into commits)."""
+        """Turn the agent's answers into events (and candidates into commits)."""
+        for job in self.runner.finished():
+            answer = job.answer or {}
+            if not answer.get("usage_emitted"):
+                for rec in answer.get("usage") or []:
+                    self._emit("agent_usage", **rec)
+            if job.kind == "analyst":
+                self._on_note(job)
+            elif job.kind == "propose":
+                self._on_proposals(job)
+            else:
+                self._on_implementation(job)
+
+    def _job_error(self, job, what: str):
+        """The AgentError of a job that failed, or None (answered, or failed in another way)."""
         from agents.base import AgentError
-        from agents.base import ImplementationError, hypothesis_key
-        st = self.state
-        done = [j for j in self.jobs if j[0].done()]
-        if not done:
-            self._drain_usage()
+        a = job.answer or {}
+        if isinstance(job.error, AgentError):
+            return job.error
+        if job.error is not None and type(job.error).__name__ in ("RayActorError", "ActorDiedError",
+                                                                  "ActorUnavailableError"):
+            return AgentError(f"the agent actor stopped answering {what}: {job.error}", kind="connection")
+        if a.get("error_kind") and (a.get("error") or a.get("agent_error")):
+            return AgentError(a.get("error") or a.get("reason") or "agent error", kind=a["error_kind"])
+        return None
+
+    def _on_note(self, job):
+        if job.error is not None:
+            self.log(f"the analyst failed: {type(job.error).__name__}: {job.error}")
             return
-        self.jobs = [j for j in self.jobs if not j[0].done()]
-        for fut, kind, key, payload in done:
-            if kind == "analyst":
-                self.analyzing = False
-                try:
-                    note = fut.result()
-                except Exception as e:
-                    self.log(f"the analyst failed: {type(e).__name__}: {e}")
-                    note = None
-                if note:
-                    self._emit("lab_note", author=note.get("author"), title=note.get("title"),
-                               text=note.get("text"))
-                    self.log(f"lab note: {str(note.get('title'))[:100]}")
-                continue
-            if kind == "propose":
-                track, asked_on, n = payload
-                self.asked[track] = max(0, self.asked.get(track, 0) - n)
-                try:
-                    hs = fut.result()
-                except AgentError as e:
-                    self._agent_failed(e, key, f"to propose for {track}")
-                    continue
-                except Exception as e:
-                    self.log(f"the {self.proposer.name} proposer failed on {track}: {type(e).__name__}: {e}")
-                    hs = []
-                self.backoff.pop(key, None)
-                ts = st.swarm[track]
-                trusted = ts.trusted          # the mainline may have moved while the agent thought
-                fresh = [h for h in hs if hypothesis_key(h) not in st.keys.get((track, trusted), set())]
-                if not fresh:
-                    if (track, trusted) not in self.exhausted:
-                        self.log(f"the {self.proposer.name} agent has no new hypothesis for {track} on "
-                                 f"mainline {trusted[:12]}")
-                    self.exhausted[(track, trusted)] = ts.judged
-                    continue
-                for h in fresh:
-                    if hypothesis_key(h) in st.keys.get((track, trusted), set()):
-                        continue              # the same idea twice in one answer
-                    data = h.to_dict()
-                    data.update(track=track, mainline_commit=trusted)
-                    self._emit("hypothesis_proposed", **data)
-                continue
-            h, base, cid, track = payload
-            self.in_impl.discard(h.hypothesis_id)
-            if st.pending_impl.get(h.hypothesis_id) != base:
-                continue                      # built meanwhile, or to be rebuilt on a new mainline
-            try:
-                files = fut.result()
-            except AgentError as e:
-                self._agent_failed(e, key, f"to implement {h.title[:60]!r}")
-                continue
-            except ImplementationError as e:
-                self._invalid(h, cid, track, base, e.reason)
-                continue
-            except Exception as e:            # an agent's failure is the hypothesis's, not the campaign's
-                self._invalid(h, cid, track, base,
-                              f"the {self.implementer.name} implementer failed: {type(e).__name__}: {e}")
-                continue
-            self.backoff.pop(key, None)
-            try:
-                self._commit_candidate(h, FilesImplementer(files, self.implementer.name), base, cid, track)
-            except ImplementationError as e:
-                self._invalid(h, cid, track, base, e.reason)
-        self._drain_usage()
+        note = job.answer.get("note")
+        if note:
+            self._emit("lab_note", author=note.get("author"), title=note.get("title"), text=note.get("text"))
+            self.log(f"lab note: {str(note.get('title'))[:100]}")
+
+    def _on_proposals(self, job):
+        from agents.base import Hypothesis, hypothesis_key
+        st = self.state
+        track, asked_on, n = job.payload
+        self.asked[track] = max(0, self.asked.get(track, 0) - n)
+        err = self._job_error(job, f"to propose for {track}")
+        if err is not None:
+            self._agent_failed(err, job.key, f"to propose for {track}")
+            return
+        if job.error is not None:
+            self._agent_failed(_transient(job.error), job.key, f"to propose for {track}")
+            return
+        self.backoff.pop(job.key, None)
+        hs = [Hypothesis.from_dict(d) for d in job.answer.get("hypotheses") or []]
+        ts = st.swarm[track]
+        trusted = ts.trusted          # the mainline may have moved while the agent thought
+        fresh = [h for h in hs if hypothesis_key(h) not in st.keys.get((track, trusted), set())]
+        if not fresh:
+            if (track, trusted) not in self.exhausted:
+                self.log(f"the {self.runner.backend} agent has no new hypothesis for {track} on "
+                         f"mainline {trusted[:12]}")
+            self.exhausted[(track, trusted)] = ts.judged
+            return
+        for h in fresh:
+            if hypothesis_key(h) in st.keys.get((track, trusted), set()):
+                continue              # the same idea twice in one answer
+            data = h.to_dict()
+            data.update(track=track, mainline_commit=trusted)
+            self._emit("hypothesis_proposed", **data)
+
+    def _on_implementation(self, job):
+        from agents.base import ImplementationError
+        st = self.state
+        h, base, cid, track = job.payload
+        self.in_impl.discard(h.hypothesis_id)
+        if st.pending_impl.get(h.hypothesis_id) != base:
+            return                    # built meanwhile, or to be rebuilt on a new mainline
+        err = self._job_error(job, f"to implement {h.title[:60]!r}")
+        if err is not None:
+            self._agent_failed(err, job.key, f"to implement {h.title[:60]!r}")
+            return
+        a = job.answer or {}
+        if job.error is not None or not a.get("ok"):   # an agent's failure is the hypothesis's
+            why = a.get("reason") or f"the {self.runner.backend} implementer failed: " \
+                                     f"{type(job.error).__name__}: {job.error}"
+            self._invalid(h, cid, track, base, why)
+            return
+        self.backoff.pop(job.key, None)
+        try:
+            impl = FilesImplementer(a.get("files") or {}, a.get("implementer") or self.runner.backend)
+            self._commit_candidate(h, impl, base, cid, track)
+        except ImplementationError as e:
+            self._invalid(h, cid, track, base, e.reason)
 
     def _context(self, track):
         from agents.base import ResearchContext
@@ -872,17 +920,6 @@ class Campaign:
         return ResearchContext(track=track, mainline_commit=trusted, program_md=program, files=files,
                                history=history, noise_floor=sigma, notes=notes)
 
-    def _drain_usage(self):
-        seen = set()
-        for agent in (self.proposer, self.implementer, self.analyst):
-            drain = getattr(agent, "drain_usage", None)
-            meter = getattr(agent, "usage", None) or agent   # one meter may serve two agents
-            if drain is None or id(meter) in seen:
-                continue
-            seen.add(id(meter))
-            for rec in drain() or []:
-                self._emit("agent_usage", **rec)
-
     # ------------------------------------------------------------------ trials
     def _dispatch(self) -> int:
         if self.cfg.max_trials is not None:
@@ -899,7 +936,8 @@ class Campaign:
         st = self.state
         initial = st.initial_commit
         n = 0
-        for a in schedule(st, idle, self.policy):
+        spare = {track for _, track in idle if self._agent_busy(track)}
+        for a in schedule(st, idle, self.policy, spare):
             slot = self.workers[a.worker]
             trial_id = uuid.uuid4().hex
             spec = {"trial_id": trial_id, "commit": a.commit, "seed": a.seed,
@@ -1018,6 +1056,11 @@ class Campaign:
     # ------------------------------------------------------------------ stop
     def _shutdown(self, reason: str, error: bool):
         if not self.opened:             # failed before the campaign (re)started: nothing to close in it
+            if self.runner is not None:
+                self.runner.shutdown()
+            if self.own_ray:
+                import ray
+                ray.shutdown()
             if self.journal is not None:
                 self.journal.close()
             if self.mainline is not None:
@@ -1063,9 +1106,7 @@ class Campaign:
             self.workers.clear()
             self.joining.clear()
         finally:
-            for pool in (self.pool, self.analyst_pool):  # a call in flight finishes on its own
-                if pool is not None:
-                    pool.shutdown(wait=False, cancel_futures=True)
+            self.runner.shutdown()          # a model call in flight finishes on its own, unread
             if self.own_ray:
                 ray.shutdown()
             self.journal.close()
@@ -1073,10 +1114,8 @@ class Campaign:
 
     def _last_agent_jobs(self):
         """Agent jobs about to finish still land (a lab note, an answered call's usage)."""
-        from concurrent.futures import wait
         try:
-            if self.jobs:
-                wait([j[0] for j in self.jobs], timeout=AGENT_STOP_WAIT_S)
+            self.runner.wait(AGENT_STOP_WAIT_S)
             self._harvest()
         except Exception as e:
             self.log(f"warning: the agent's last answers were lost at stop: {type(e).__name__}: {e}")
@@ -1086,6 +1125,12 @@ class Campaign:
             self._reconcile()
         except Exception as e:  # a stop must still journal campaign_stopped
             self.log(f"warning: last decisions failed at stop: {type(e).__name__}: {e}")
+
+
+def _transient(e: BaseException):
+    """A proposer's unexpected exception, retried like an outage (it says so in the log)."""
+    from agents.base import AgentError
+    return AgentError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", kind="api")
 
 
 def _fmt(x, spec: str = ".4g") -> str:

@@ -37,7 +37,7 @@ def _run_flags(p: argparse.ArgumentParser):
                    help="local: worker actors (default 1); cluster: at most this many (default: one per mlx)")
     p.add_argument("--time-budget", type=float, default=None, help="seconds of training per trial "
                    "(default: the profile's)")
-    p.add_argument("--baseline-trials", type=int, default=None, help="trials of a new mainline (default 3)")
+    p.add_argument("--baseline-trials", type=int, default=None, help="trials of a new mainline before it judges anything (default 5)")
     p.add_argument("--retest-trials", type=int, default=None, help="fresh seeds for a merge (default 4)")
     p.add_argument("--confidence", type=float, default=None, help="one-sided confidence (default 0.95)")
     p.add_argument("--min-effect", type=float, default=None, help="smallest improvement kept, bpb (default 0)")
@@ -47,11 +47,15 @@ def _run_flags(p: argparse.ArgumentParser):
     p.add_argument("--until", default=None, help="stop at: '07:00', '8h', '90m' or an ISO date-time")
     p.add_argument("--max-trials", type=int, default=None, help="stop after this many trials")
     p.add_argument("--agent", default=None,
-                   help="offline (default), auto, anthropic, command, or package.module:factory")
+                   help="auto (default: Anthropic with $ANTHROPIC_API_KEY, else --agent-command, else offline), "
+                        "offline, anthropic, command, or package.module:factory")
     p.add_argument("--model", default=None, help="model of the anthropic agent")
     p.add_argument("--agent-command", default=None, help="coding-agent command, e.g. 'claude -p'")
     p.add_argument("--seed", type=int, default=None, help="agent seed (default 0)")
-    p.add_argument("--buffer", type=int, default=None, help="candidates kept ready per track (default 2)")
+    p.add_argument("--buffer", type=int, default=None, help="candidates kept ready per track beyond one per "
+                   "worker (default 2)")
+    p.add_argument("--agent-threads", type=int, default=None, help="agent calls in flight at once (default: 8 "
+                   "for a model backend, in the agent's Ray actor; 0: in the coordinator's loop)")
     p.add_argument("--workdir", default=None, help="worker clones (default .swarm/workers)")
     p.add_argument("--no-smoke", dest="smoke", action="store_const", const=False, default=None,
                    help="skip the smoke run before a candidate's first trial")
@@ -102,7 +106,7 @@ def _lazy(p: argparse.ArgumentParser, module: str):
 def _flags(args) -> dict:
     keys = ("campaign", "repo", "journal", "address", "workers", "time_budget", "baseline_trials",
             "retest_trials", "confidence", "min_effect", "max_seeds", "lease_s", "until", "max_trials",
-            "agent", "seed", "buffer", "workdir", "smoke", "heldout")
+            "agent", "seed", "buffer", "agent_threads", "workdir", "smoke", "heldout")
     flags = {k: getattr(args, k, None) for k in keys}
     env = {}
     for item in getattr(args, "env", None) or []:

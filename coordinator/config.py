@@ -58,8 +58,8 @@ class SwarmConfig:
     agents: dict = field(default_factory=dict)  # backend settings (agents/factory.py): model, command, ...
     seed: int = 0                   # agent seed (same seed + same journal -> same hypotheses)
     buffer: int = 2                 # candidates kept ready per track beyond one per worker
-    agent_threads: int | None = None  # agent calls in flight at once, off the loop; 0: in the loop;
-                                      # None: 0 for the offline agent (milliseconds), else 8
+    agent_threads: int | None = None  # agent calls in flight at once (a model backend: in its Ray actor);
+                                      # 0: in the loop; None: 0 for the offline agent (milliseconds), else 8
     analyst_every: int = 10         # a lab note after this many verdicts; 0: no analyst
     workdir: str | None = None      # worker clones; None: <repo>/.swarm/workers
     smoke: bool = True              # short smoke run before a candidate's first trial

@@ -8,6 +8,10 @@ schedule(state, idle, policy) -> assignments. Work of a track, in priority order
      most promising first; several seeds go to several workers at once);
   3. re-test trials of the merge in flight, then the held-out run of a promotion;
   4. the first trial of new candidates (oldest first).
+A worker with none of this to do while the agent is still working on its
+track's next candidates runs another baseline of the trusted mainline (every
+extra value sharpens each comparison against it), up to max_baselines: an
+accelerator never waits for a language model.
 A worker only ever gets work of its own track. What is "needed" is derived
 from the state (wanted - finished - in flight), so an aborted trial is simply
 needed again: re-queued without a queue.
@@ -25,6 +29,8 @@ from dataclasses import dataclass, field
 from coordinator import stats
 from coordinator.state import FINAL_VERDICTS, CampaignState
 
+IDLE_BASELINES_PER_SEED = 4   # max_baselines = this x max_seeds: idle workers stop adding baselines there
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -33,11 +39,13 @@ class Policy:
     retest_trials: int = 4
     smoke: bool = True
     stats: stats.StatsConfig = field(default_factory=stats.StatsConfig)
+    max_baselines: int = 32            # baselines of one mainline at most, idle ones included
 
     @classmethod
     def from_config(cls, cfg, direction: str = "minimize") -> Policy:
         return cls(baseline_trials=cfg.baseline_trials, retest_trials=cfg.retest_trials,
-                   smoke=cfg.smoke, stats=cfg.stats_config(direction))
+                   smoke=cfg.smoke, stats=cfg.stats_config(direction),
+                   max_baselines=max(cfg.baseline_trials, IDLE_BASELINES_PER_SEED * cfg.max_seeds))
 
 
 @dataclass(frozen=True)
@@ -138,8 +146,10 @@ def work(state: CampaignState, track: str, policy: Policy):
             yield Work("candidate", c.commit, cid, c.base_commit, policy.smoke and first, n)
 
 
-def schedule(state: CampaignState, idle, policy: Policy) -> list[Assignment]:
-    """Assignments for idle workers: idle is a list of (worker name, track). Never across tracks."""
+def schedule(state: CampaignState, idle, policy: Policy, spare=frozenset()) -> list[Assignment]:
+    """Assignments for idle workers: idle is a list of (worker name, track). Never across tracks.
+    spare: tracks whose agent is working on more candidates: a worker left without work there
+    runs another baseline of the mainline meanwhile."""
     by_track: dict[str, list[str]] = {}
     for worker, track in idle:
         by_track.setdefault(track, []).append(worker)
@@ -153,6 +163,13 @@ def schedule(state: CampaignState, idle, policy: Policy) -> list[Assignment]:
             for seed in state.next_seeds(track, w.commit, w.kind, k):
                 out.append(Assignment(free.pop(0), track, w.commit, seed, w.kind, w.candidate_id,
                                       w.base_commit, w.smoke))
+        if free and track in spare and not state.fatal:
+            trusted = state.swarm[track].trusted
+            have = (len(state.commit_values(track, trusted)) + state.live_count(track, trusted, "baseline")
+                    + state.live_count(track, trusted, "retest"))
+            k = min(len(free), policy.max_baselines - have)
+            for seed in state.next_seeds(track, trusted, "baseline", max(0, k)):
+                out.append(Assignment(free.pop(0), track, trusted, seed, "baseline"))
     return out
 
 

@@ -9,10 +9,18 @@ sent: the Authorization header, system blocks with cache_control, tool results,
 fenced text. A request beyond the script gets a 400 invalid_request_error that
 names the request number, so a test fails with a clear message.
 
+Beyond the script, a responder (a callable Request -> Reply, e.g. the stand-in
+research model of tests/model_standin.py) answers every request the script does
+not; an exception it raises becomes a 500 api_error naming it. delay_s makes
+every /v1/messages reply wait that long, as a model thinking would; the server
+answers each request on its own thread, so concurrent requests wait together.
+
     with StandIn() as api:
         api.push(message([tool_use("propose_hypotheses", {...})]))
         ... AnthropicProposer({"base_url": api.url, ...}) ...
         api.requests[0].headers["authorization"]
+
+    with StandIn(responder=ResearchModel(), delay_s=20) as api: ...
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ import itertools
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 _ids = itertools.count(1)
 
@@ -104,9 +113,11 @@ def error(status: int, type: str, msg: str, headers: dict | None = None) -> Repl
 
 
 class StandIn:
-    def __init__(self):
+    def __init__(self, responder: Callable[[Request], Reply] | None = None, delay_s: float = 0.0):
         self.script: list[Reply] = []
         self.requests: list[Request] = []
+        self.responder = responder   # answers what the script does not
+        self.delay_s = delay_s       # every /v1/messages reply waits this long (in its own thread)
         self._lock = threading.Lock()
         standin = self
 
@@ -121,24 +132,37 @@ class StandIn:
                     body = json.loads(raw or b"{}")
                 except json.JSONDecodeError:
                     body = {"_raw": raw.decode("utf-8", "replace")}
+                request = Request(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 with standin._lock:
-                    standin.requests.append(Request(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                    standin.requests.append(request)
                     number = len(standin.requests)
                     reply = standin.script.pop(0) if standin.script else None
                 if not self.path.startswith("/v1/messages"):
                     reply = error(404, "not_found_error", f"stand-in serves /v1/messages, not {self.path}")
-                elif reply is None:
-                    reply = error(400, "invalid_request_error",
-                                  f"stand-in: no scripted reply left for request #{number}")
+                else:
+                    if reply is None and standin.responder is not None:
+                        try:
+                            reply = standin.responder(request)
+                        except Exception as e:  # the test sees it in the SDK's error
+                            reply = error(500, "api_error", f"stand-in responder failed on request #{number}: "
+                                                            f"{type(e).__name__}: {e}")
+                    if reply is None:
+                        reply = error(400, "invalid_request_error",
+                                      f"stand-in: no scripted reply left for request #{number}")
+                    if standin.delay_s > 0:
+                        time.sleep(standin.delay_s)
                 data = json.dumps(reply.body).encode()
-                self.send_response(reply.status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.send_header("request-id", f"req_standin_{number}")
-                for k, v in reply.headers.items():
-                    self.send_header(k, str(v))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.send_header("request-id", f"req_standin_{number}")
+                    for k, v in reply.headers.items():
+                        self.send_header(k, str(v))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the caller went away while the reply waited (a stopped campaign's call)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True

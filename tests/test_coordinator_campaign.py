@@ -275,8 +275,9 @@ def test_killed_coordinator_resumes_without_losing_or_repeating(ray_local, tmp_p
     assert not of_type(after, "merged") or cid not in {ev.data["candidate_id"] for ev in of_type(after, "merged")}
 
 
-def _actor_pid_running(repo_workdir_name):
-    """pid of the worker actor whose trial process runs in .../<name>/repo (its parent)."""
+def _actor_pid_running(workdir):
+    """pid of the worker actor whose trial process runs in <workdir>/repo (its parent). The full
+    path: another campaign on this machine (a bench, a second test session) has a w1 too."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -288,7 +289,7 @@ def _actor_pid_running(repo_workdir_name):
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        if b"train.py" in cmd and cwd.endswith(f"/{repo_workdir_name}/repo"):
+        if b"train.py" in cmd and cwd == str(workdir / "repo"):
             return ppid
     return None
 
@@ -321,7 +322,7 @@ def test_silent_worker_loses_its_trial_after_the_lease(ray_local, tmp_path):
         while time.time() < deadline and stopped is None:
             # only once the journal shows w1 training (before that a train.py in w1's folder may
             # belong to a process that is not yet the joined worker actor)
-            pid = _actor_pid_running("w1") if _w1_training(repo) else None
+            pid = _actor_pid_running(cfg.workdir_path / "w1") if _w1_training(repo) else None
             if pid:
                 os.kill(pid, signal.SIGSTOP)
                 stopped = pid

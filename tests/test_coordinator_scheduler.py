@@ -224,6 +224,35 @@ def test_never_idle_while_work_exists():
         assert len(set(seeds)) == len(seeds)             # no two workers run the same seed
 
 
+def test_idle_workers_add_baselines_only_while_the_agent_works():
+    """With no work left, a worker of a track whose agent is still thinking runs another baseline
+    of the trusted mainline (fresh seeds), up to max_baselines; without the agent working, or on
+    another track, it stays idle (the campaign may then end: no more work)."""
+    policy = Policy(baseline_trials=3, retest_trials=4, smoke=True, stats=StatsConfig(max_trials=8),
+                    max_baselines=6)
+    j = Journal()
+    j.join("w1", A)
+    j.join("b1", B)
+    j.baselines(A)                                   # 3 ok: the baseline demand is met
+    j.baselines(B)
+    idle = [("w1", A), ("w2", A), ("b1", B)]
+    assert schedule(j.state, idle, policy) == []     # nothing to do, agent not working: idle
+    got = schedule(j.state, idle, policy, spare={A})
+    assert [(a.worker, a.kind, a.commit, a.seed) for a in got] == [("w1", "baseline", INIT, 3),
+                                                                   ("w2", "baseline", INIT, 4)]
+    # real work still comes first: a fresh candidate takes the first worker
+    c = j.candidate(A, "k1")
+    got = schedule(j.state, idle, policy, spare={A})
+    assert [(a.worker, a.kind, a.commit) for a in got] == [("w1", "candidate", c), ("w2", "baseline", INIT)]
+    # the cap counts running baselines: 5 ok + 1 running = 6 = max_baselines
+    j.trial(A, INIT, "baseline", 3, 2.0)
+    j.trial(A, INIT, "baseline", 4, 2.0)
+    j.trial(A, INIT, "baseline", 5, finish=False)
+    assert [a.kind for a in schedule(j.state, [("w2", A)], policy, spare={A})] == ["candidate"]
+    j.trial(A, c, "candidate", 0, finish=False, cid="k1")
+    assert schedule(j.state, [("w2", A)], policy, spare={A}) == []
+
+
 def test_aborted_trial_is_needed_again_with_its_seed():
     j = Journal()
     j.join("w1", A)

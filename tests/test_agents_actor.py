@@ -1,0 +1,111 @@
+"""A model backend runs as its own Ray actor: the real `anthropic` SDK, in the actor's process,
+against the local Messages API stand-in answering as a research model. The campaign gets plain
+answers back and journals them (hypotheses, candidates, usage of every call, lab notes); the key
+never leaves the environment; an actor that cannot start stops the campaign before it begins."""
+
+import json
+import os
+
+import pytest
+from anthropic_standin import StandIn
+from model_standin import ResearchModel
+from synthetic import make_repo
+
+from agents.constants import constant_values
+from coordinator.campaign import Campaign, CampaignError
+from coordinator.config import load_config
+from journal import open_journal
+
+KEY = "sk-standin-actor-0123456789"
+SYNTH_ENV = {"AUTORESEARCH_SYNTH_SLEEP": "0.3"}
+
+
+@pytest.fixture(scope="module")
+def ray_with_key():
+    """A local Ray whose processes (the agent actor's too) see the API key, as a head node
+    started from a shell that exported it would."""
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+    os.environ["ANTHROPIC_API_KEY"] = KEY
+    try:
+        ray.init(address="local", num_cpus=2, resources={"mlx": 2}, include_dashboard=False, log_to_driver=False)
+        yield ray
+    finally:
+        ray.shutdown()
+        os.environ.pop("ANTHROPIC_API_KEY", None)
+
+
+def config(repo, tag, api, **flags):
+    flags = {"repo": str(repo), "campaign": tag, "poll_s": 0.2, "env": dict(SYNTH_ENV), "agent": "anthropic",
+             "agents": {"anthropic": {"base_url": api.url, "model": "claude-standin", "max_attempts": 2}},
+             **flags}
+    return load_config(flags, environ={})
+
+
+def events_of(repo, tag):
+    with open_journal(str(repo / ".swarm" / "journal.db"), campaign=tag) as j:
+        return [ev for _, ev in j.read()]
+
+
+def of_type(events, *types):
+    return [ev for ev in events if ev.type in types]
+
+
+def test_model_backend_runs_as_a_ray_actor(ray_with_key, tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    model = ResearchModel()
+    with StandIn(responder=model, delay_s=0.2) as api:
+        cfg = config(repo, "actor", api, workers=2, max_trials=30, baseline_trials=2, buffer=4, agent_threads=4,
+                     analyst_every=3, smoke=False, heldout=False, until="120s")
+        camp = Campaign(cfg, log=lambda m: None)
+        reason = camp.run()
+    assert reason == "reached --max-trials 30"
+    # the agent answered from its own process, not the coordinator's
+    assert camp.runner.actor is not None and camp.runner.info["pid"] != os.getpid()
+    assert camp.runner.backend == "anthropic"
+    assert api.requests and {r.headers["authorization"] for r in api.requests} == {f"Bearer {KEY}"}
+
+    events = events_of(repo, "actor")
+    # every model call is journaled once, by the coordinator, with tokens and latency
+    usage = of_type(events, "agent_usage")
+    assert len(usage) == len(api.requests) == sum(model.calls.values())
+    assert all(u.source == "coordinator" and u.data["input_tokens"] > 0 and u.data["latency_s"] > 0
+               for u in usage)
+    assert {u.data["purpose"] for u in usage} >= {"propose", "implement", "analyst"}
+    # constant-only hypotheses are set at once; the others are the model's edits, one constant each
+    created = of_type(events, "candidate_created")
+    by = {}
+    for ev in created:
+        by.setdefault(ev.data["implementer"], []).append(ev)
+    assert set(by) == {"constants", "anthropic"}, set(by)
+    assert sum(1 for u in usage if u.data["purpose"] == "implement") >= len(by["anthropic"])
+    hyp = {ev.data["hypothesis_id"]: ev.data for ev in of_type(events, "hypothesis_proposed")}
+    for ev in by["anthropic"]:
+        assert not hyp[ev.data["hypothesis_id"]].get("params")
+        changed = [line for line in ev.data["diff"].splitlines() if line.startswith("+") and " = " in line]
+        assert len(changed) == 1, ev.data["diff"]
+    initial = constant_values((repo / "train.py").read_text())
+    assert initial["WARMDOWN_RATIO"] == 0.5          # the campaign never edits the checkout itself
+    # the model's lab note, after the analyst's third verdict
+    notes = of_type(events, "lab_note")
+    assert notes and notes[0].data["author"] == "analyst"
+    assert len(of_type(events[:events.index(notes[0])], "verdict")) >= 3
+    # the key is in no event
+    assert KEY not in json.dumps([ev.data for ev in events])
+
+
+def test_agent_actor_without_the_key_stops_before_the_campaign_begins(ray_with_key, tmp_path, monkeypatch):
+    """The coordinator sees the key, the Ray node does not (it was started without it): a clear
+    error, and nothing journaled."""
+    monkeypatch.setenv("SWARM_TEST_LATE_KEY", KEY)   # after Ray started: the actor's node lacks it
+    repo = make_repo(tmp_path / "repo")
+    with StandIn(responder=ResearchModel()) as api:
+        cfg = config(repo, "nokey", api, workers=1, max_trials=2)
+        cfg.agents["anthropic"]["api_key_env"] = "SWARM_TEST_LATE_KEY"
+        with pytest.raises(CampaignError) as e:
+            Campaign(cfg, log=lambda m: None).run()
+    msg = str(e.value)
+    assert "agent actor could not start" in msg and "SWARM_TEST_LATE_KEY" in msg and "export the API key" in msg
+    assert not api.requests
+    assert not of_type(events_of(repo, "nokey"), "campaign_started")
