@@ -148,7 +148,7 @@ def report(events, model, reason, wall, args):
               f"max {gaps[-1]:.2f}s, {sum(g > IDLE_GAP_S for g in gaps)} over {IDLE_GAP_S:g}s "
               f"(waiting for work; short gaps are the per-trial dispatch overhead)")
 
-    print(f"\nmodel calls the stand-in answered: "
+    print("\nmodel calls the stand-in answered: "
           + (", ".join(f"{k} {n}" for k, n in sorted(model.calls.items())) or "none")
           + " (a call cut off by the stop has no agent_usage record)")
     usage = defaultdict(list)

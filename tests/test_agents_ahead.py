@@ -6,13 +6,12 @@ campaign stops with the message), never the hypothesis's."""
 import io
 import threading
 import time
-import uuid
 
 import pytest
 from synthetic import make_repo
 
 from agents.anthropic_agent import AgentError
-from agents.base import Hypothesis, Proposer
+from agents.base import Proposer
 from agents.offline import OfflineImplementer, OfflineProposer
 from agents.usage import UsageMeter, usage_record
 from rich.console import Console

@@ -4,7 +4,6 @@ bad paths). Redis is a real redis-server started here (tests/redis_server.py).""
 
 import math
 import multiprocessing
-import os
 import socket
 import sqlite3
 import threading

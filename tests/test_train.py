@@ -186,7 +186,6 @@ def test_per_token_loss_semantics(small_model):
 
 
 def test_muon_gets_exactly_the_block_matrices(train_module, small_model):
-    import mlx.core as mx
     import mlx.optimizers as optim
     from mlx.utils import tree_flatten
 
