@@ -156,6 +156,7 @@ class Campaign:
         self.base_files: dict = {}         # {base commit: files} for implement jobs
         self.verdicts_new = 10**9          # verdicts since the analyst last looked (at start: look)
         self.initial: str | None = None    # the commit a new campaign starts from
+        self.checker = None                # the repository as worker/validate.py reads it
 
     # ------------------------------------------------------------------ start
     def run(self) -> str:
@@ -763,9 +764,25 @@ class Campaign:
         return self.base_files[base]
 
     def _commit_candidate(self, h, impl, base: str, cid: str, track: str):
+        from agents.base import ImplementationError
         commit, diff = self.mainline.build_candidate(h, impl, base, cid, self.target.is_editable)
+        problems = self._validate(commit, base)
+        if problems:
+            raise ImplementationError("invalid before any trial: " + "; ".join(problems))
         self._emit("candidate_created", candidate_id=cid, hypothesis_id=h.hypothesis_id, track=track,
                    commit=commit, base_commit=base, diff=diff, implementer=impl.name)
+
+    def _validate(self, commit: str, base: str) -> list:
+        """The worker's own checks (worker/validate.py: editable files only, fixed files by hash,
+        no path out of the repository, Python that compiles), here and now, so the buffer only
+        holds candidates that can run and a worker never spends a dispatch on a broken one."""
+        from worker.repo import WorkerRepo
+        from worker.validate import validate
+        if self.checker is None:
+            self.checker = WorkerRepo(self.cfg.repo_path, None)
+        if self.checker.repo is None:       # not a plain clone (a worktree): the worker checks it
+            return []
+        return validate(self.checker, self.target, commit, base, self.state.fixed_hashes)
 
     def _invalid(self, h, cid: str, track: str, base: str, why: str):
         self._emit("candidate_invalid", candidate_id=cid, hypothesis_id=h.hypothesis_id, track=track,
@@ -1111,6 +1128,8 @@ class Campaign:
                 ray.shutdown()
             self.journal.close()
             self.mainline.close()
+            if self.checker is not None:
+                self.checker.close()
 
     def _last_agent_jobs(self):
         """Agent jobs about to finish still land (a lab note, an answered call's usage)."""

@@ -225,7 +225,8 @@ def render_status(st, console):
         console.print(f"agent usage: {sum(u.calls for u in usage)} calls, "
                       f"{sum(u.input_tokens for u in usage):,} input + {sum(u.output_tokens for u in usage):,} "
                       f"output tokens ({sum(u.cache_read_tokens for u in usage):,} cache read), "
-                      f"${sum(u.cost_usd for u in usage):.4f}")
+                      f"${sum(u.cost_usd for u in usage):.4f}, mean latency "
+                      f"{sum(u.latency_s for u in usage) / max(1, sum(u.calls for u in usage)):.1f}s")
 
     workers = Table(title="workers", title_justify="left")
     for col in ("worker", "track", "state", "trial", "kind", "progress", "loss", "left", "seen"):

@@ -3,18 +3,23 @@ against the local Messages API stand-in answering as a research model. The campa
 answers back and journals them (hypotheses, candidates, usage of every call, lab notes); the key
 never leaves the environment; an actor that cannot start stops the campaign before it begins."""
 
+import io
 import json
 import os
+import re
 
 import pytest
 from anthropic_standin import StandIn
+from campaign_events import events_of, of_type, state_of
 from model_standin import ResearchModel
 from synthetic import make_repo
 
 from agents.constants import constant_values
+from rich.console import Console
+
 from coordinator.campaign import Campaign, CampaignError
+from coordinator.cli import render_status
 from coordinator.config import load_config
-from journal import open_journal
 
 KEY = "sk-standin-actor-0123456789"
 SYNTH_ENV = {"AUTORESEARCH_SYNTH_SLEEP": "0.3"}
@@ -43,15 +48,6 @@ def config(repo, tag, api, **flags):
     return load_config(flags, environ={})
 
 
-def events_of(repo, tag):
-    with open_journal(str(repo / ".swarm" / "journal.db"), campaign=tag) as j:
-        return [ev for _, ev in j.read()]
-
-
-def of_type(events, *types):
-    return [ev for ev in events if ev.type in types]
-
-
 def test_model_backend_runs_as_a_ray_actor(ray_with_key, tmp_path):
     repo = make_repo(tmp_path / "repo")
     model = ResearchModel()
@@ -73,6 +69,11 @@ def test_model_backend_runs_as_a_ray_actor(ray_with_key, tmp_path):
     assert all(u.source == "coordinator" and u.data["input_tokens"] > 0 and u.data["latency_s"] > 0
                for u in usage)
     assert {u.data["purpose"] for u in usage} >= {"propose", "implement", "analyst"}
+    # swarm status shows the calls, their tokens and their latency (the stand-in waits 0.2 s)
+    buf = io.StringIO()
+    render_status(state_of(events, "actor"), Console(file=buf, width=200))
+    shown = re.search(r"agent usage: (\d+) calls, .* mean latency (\d+\.\d)s", buf.getvalue())
+    assert shown and int(shown.group(1)) == len(usage) and float(shown.group(2)) >= 0.2
     # constant-only hypotheses are set at once; the others are the model's edits, one constant each
     created = of_type(events, "candidate_created")
     by = {}

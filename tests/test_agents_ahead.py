@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from campaign_events import events_of, of_type, state_of
 from synthetic import make_repo
 
 from agents.anthropic_agent import AgentError
@@ -19,8 +20,6 @@ from rich.console import Console
 from coordinator.campaign import Campaign
 from coordinator.cli import render_status
 from coordinator.config import load_config
-from coordinator.state import CampaignState
-from journal import open_journal
 
 SYNTH_ENV = {"AUTORESEARCH_SYNTH_SLEEP": "0.3"}   # a trial "trains" this long
 
@@ -38,15 +37,6 @@ def ray_local():
 def config(repo, tag, **flags):
     flags = {"repo": str(repo), "campaign": tag, "poll_s": 0.2, "env": dict(SYNTH_ENV), **flags}
     return load_config(flags, environ={})
-
-
-def events_of(repo, tag):
-    with open_journal(str(repo / ".swarm" / "journal.db"), campaign=tag) as j:
-        return [ev for _, ev in j.read()]
-
-
-def of_type(events, *types):
-    return [ev for ev in events if ev.type in types]
 
 
 def record(meter, agent, purpose):
@@ -122,11 +112,8 @@ def test_stuck_agent_does_not_stop_the_workers(ray_local, tmp_path):
     assert [u.data["purpose"] for u in usage].count("propose") == 1
     assert [u.data["purpose"] for u in usage].count("implement") == len(created)
     assert all(u.source == "coordinator" and u.data["input_tokens"] == 1000 for u in usage)
-    st = CampaignState("ahead")
-    for i, ev in enumerate(events):
-        st.apply(ev, str(i))
     buf = io.StringIO()
-    render_status(st, Console(file=buf, width=200))
+    render_status(state_of(events, "ahead"), Console(file=buf, width=200))
     assert f"agent usage: {len(usage)} calls, {1000 * len(usage):,} input" in buf.getvalue()
     # the analyst's note comes after its third verdict
     notes = of_type(events, "lab_note")
@@ -187,3 +174,38 @@ def test_agent_errors_requeue_or_stop_never_invalidate(ray_local, tmp_path):
     built = {ev.data["hypothesis_id"] for ev in of_type(events, "candidate_created")}
     assert proposed and built == proposed and implementer.failed == proposed
     assert of_type(events, "trial_finished")
+
+
+class BreaksTheFirst(OfflineImplementer):
+    """The offline agent's edits, except that its first implementation does not compile."""
+    name = "breaks-first"
+
+    def __init__(self):
+        super().__init__()
+        self.broken = None
+
+    def implement(self, h, workspace):
+        super().implement(h, workspace)
+        if self.broken is None:
+            self.broken = h.hypothesis_id
+            path = workspace / "train.py"
+            path.write_text(path.read_text() + "\ndef broken(:\n    pass\n")
+
+
+def test_candidates_are_validated_before_any_worker_sees_them(ray_local, tmp_path):
+    """An implementation that does not compile is invalid when it is built (the worker's own
+    checks, run by the coordinator): no commit joins the buffer, no trial is spent on it."""
+    repo = make_repo(tmp_path / "repo")
+    implementer = BreaksTheFirst()
+    cfg = config(repo, "valid", workers=1, max_trials=4, baseline_trials=2, buffer=2, agent_threads=0,
+                 analyst_every=0, smoke=False, heldout=False)
+    reason = Campaign(cfg, agent=(OfflineProposer(seed=0), implementer), log=lambda m: None).run()
+    assert reason == "reached --max-trials 4"
+    events = events_of(repo, "valid")
+    invalid = of_type(events, "candidate_invalid")
+    assert [ev.data["hypothesis_id"] for ev in invalid] == [implementer.broken]
+    assert "invalid before any trial" in invalid[0].data["reason"] and "does not compile" in invalid[0].data["reason"]
+    assert implementer.broken not in {ev.data["hypothesis_id"] for ev in of_type(events, "candidate_created")}
+    assert of_type(events, "candidate_created")          # the others were built and run
+    assert all(ev.data["kind"] in ("baseline", "candidate") for ev in of_type(events, "trial_started"))
+    assert not [ev for ev in of_type(events, "trial_finished") if ev.data["status"] == "invalid"]

@@ -13,6 +13,7 @@ import uuid
 from collections import Counter
 
 import pytest
+from campaign_events import events_of, of_type, state_of
 from synthetic import git, make_repo, truth
 
 from agents.base import Hypothesis, Proposer
@@ -21,8 +22,6 @@ from coordinator.campaign import Campaign
 from coordinator.cli import main as swarm
 from coordinator.cli import render_status
 from coordinator.config import load_config
-from coordinator.state import CampaignState
-from journal import open_journal
 from journal.views import replay
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,22 +40,6 @@ def ray_local():
 def config(repo, tag, **flags):
     flags = {"repo": str(repo), "campaign": tag, "poll_s": 0.2, **flags}
     return load_config(flags, environ={})
-
-
-def events_of(repo, tag, url=None):
-    with open_journal(url or str(repo / ".swarm" / "journal.db"), campaign=tag) as j:
-        return [ev for _, ev in j.read()]
-
-
-def state_of(events, tag):
-    st = CampaignState(tag)
-    for i, ev in enumerate(events):
-        st.apply(ev, str(i))
-    return st
-
-
-def of_type(events, *types):
-    return [ev for ev in events if ev.type in types]
 
 
 def check_consistent(repo, tag, events):

@@ -9,12 +9,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from campaign_events import events_of
 from synthetic import make_repo
 
 from coordinator.campaign import Campaign
 from coordinator.cli import main as swarm
 from coordinator.config import load_config
-from journal import open_journal
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +30,6 @@ def cluster():
     yield c, nodes
     ray.shutdown()
     c.shutdown()
-
-
-def events_of(repo, tag):
-    with open_journal(str(repo / ".swarm" / "journal.db"), campaign=tag) as j:
-        return [ev for _, ev in j.read()]
 
 
 def _parent(pid: int) -> int | None:
