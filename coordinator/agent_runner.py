@@ -13,7 +13,9 @@ waiting on a language model:
 - actor: an AgentActor on the coordinator's own node (where the API key, the
   agent CLI and its login are), num_cpus=0, `threads` calls at once; lab notes
   in their own concurrency group. A crashed actor is restarted by Ray; the calls
-  it had in flight come back as errors and the campaign tries them again.
+  it had in flight come back as errors and the campaign tries them again. The
+  actor sees its Ray node's environment, not the coordinator's: node_has_env
+  tells whether the key is there.
 - local: the service in this process (agents given as objects, the offline
   agent); on a thread pool, or with threads=0 at once in the loop (deterministic).
 """
@@ -57,6 +59,23 @@ class AgentRunner:
     @classmethod
     def local(cls, service, threads: int = 0) -> AgentRunner:
         return cls(service=service, threads=threads, backend=service.backend, message=service.agents.message)
+
+    @staticmethod
+    def node_has_env(name: str) -> bool:
+        """Whether processes Ray starts on this machine's node see the environment variable (a
+        node started before it was exported, or by a service, does not)."""
+        import os
+
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        def has(n):
+            return bool(os.environ.get(n, "").strip())
+
+        here = ray.get_runtime_context().get_node_id()
+        probe = ray.remote(num_cpus=0)(has).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False))
+        return ray.get(probe.remote(name), timeout=READY_TIMEOUT_S)
 
     @classmethod
     def actor(cls, settings: dict, threads: int) -> AgentRunner:

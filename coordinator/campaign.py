@@ -347,7 +347,18 @@ class Campaign:
         return made
 
     def _start_agent(self):
+        from agents.anthropic_agent import API_KEY_ENV
         mode, what, threads = self.agent_plan
+        if mode == "actor" and what["backend"] == "anthropic":
+            key = (what.get("anthropic") or {}).get("api_key_env") or API_KEY_ENV
+            if not AgentRunner.node_has_env(key):
+                # a head started by a service, or before the key was exported: still run, here
+                from agents.actor import AgentService
+                from agents.factory import make_agents
+                self.log(f"note: this machine's Ray node was started without ${key}, so the agents run in "
+                         f"the coordinator's process instead of their own Ray actor; export {key} before "
+                         f"`ray start --head` (or in the head service's environment) to give them one")
+                mode, what = "local", AgentService(what, agents=make_agents(what, announce=self.log))
         if mode == "local":
             self.runner = AgentRunner.local(what, threads)
             return

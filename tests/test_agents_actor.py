@@ -1,7 +1,8 @@
 """A model backend runs as its own Ray actor: the real `anthropic` SDK, in the actor's process,
 against the local Messages API stand-in answering as a research model. The campaign gets plain
 answers back and journals them (hypotheses, candidates, usage of every call, lab notes); the key
-never leaves the environment; an actor that cannot start stops the campaign before it begins."""
+never leaves the environment; a node without the key gets the agents in the coordinator instead;
+a killed actor is restarted and its calls are tried again."""
 
 import io
 import json
@@ -17,7 +18,7 @@ from synthetic import make_repo
 from agents.constants import constant_values
 from rich.console import Console
 
-from coordinator.campaign import Campaign, CampaignError
+from coordinator.campaign import Campaign
 from coordinator.cli import render_status
 from coordinator.config import load_config
 
@@ -96,17 +97,58 @@ def test_model_backend_runs_as_a_ray_actor(ray_with_key, tmp_path):
     assert KEY not in json.dumps([ev.data for ev in events])
 
 
-def test_agent_actor_without_the_key_stops_before_the_campaign_begins(ray_with_key, tmp_path, monkeypatch):
-    """The coordinator sees the key, the Ray node does not (it was started without it): a clear
-    error, and nothing journaled."""
-    monkeypatch.setenv("SWARM_TEST_LATE_KEY", KEY)   # after Ray started: the actor's node lacks it
+def test_without_the_key_on_the_ray_node_the_agents_run_in_the_coordinator(ray_with_key, tmp_path, monkeypatch):
+    """The coordinator sees the key, its Ray node does not (a head started by a service, or
+    before the key was exported): the campaign still runs, with the agents in the coordinator's
+    process, and says how to give them their actor."""
+    monkeypatch.setenv("SWARM_TEST_LATE_KEY", KEY)   # after Ray started: the node's processes lack it
     repo = make_repo(tmp_path / "repo")
+    logs = []
     with StandIn(responder=ResearchModel()) as api:
-        cfg = config(repo, "nokey", api, workers=1, max_trials=2)
+        cfg = config(repo, "nokey", api, workers=1, max_trials=10, baseline_trials=2, smoke=False, heldout=False,
+                     analyst_every=0, until="90s")
         cfg.agents["anthropic"]["api_key_env"] = "SWARM_TEST_LATE_KEY"
-        with pytest.raises(CampaignError) as e:
-            Campaign(cfg, log=lambda m: None).run()
-    msg = str(e.value)
-    assert "agent actor could not start" in msg and "SWARM_TEST_LATE_KEY" in msg and "export the API key" in msg
-    assert not api.requests
-    assert not of_type(events_of(repo, "nokey"), "campaign_started")
+        camp = Campaign(cfg, log=logs.append)
+        reason = camp.run()
+    assert reason == "reached --max-trials 10"
+    assert camp.runner.actor is None and camp.runner.backend == "anthropic"
+    note = [line for line in logs if "started without $SWARM_TEST_LATE_KEY" in line]
+    assert note and "export SWARM_TEST_LATE_KEY before `ray start --head`" in note[0]
+    assert api.requests and {r.headers["authorization"] for r in api.requests} == {f"Bearer {KEY}"}
+    assert of_type(events_of(repo, "nokey"), "candidate_created")
+
+
+def test_a_killed_agent_actor_is_restarted_and_its_calls_tried_again(ray_with_key, tmp_path):
+    """The agent actor's process dies during a model call (a crash, the OOM killer): Ray starts it
+    again, the call in flight comes back as an error, and the campaign tries it again after a
+    backoff. No hypothesis is lost or marked invalid because of it."""
+    import signal
+    import threading
+
+    repo = make_repo(tmp_path / "repo")
+    model = ResearchModel()
+    holder, killed = {}, threading.Event()
+
+    def responder(request):
+        if len(api.requests) == 2 and not killed.is_set():   # the second call: kill its caller
+            killed.set()
+            os.kill(holder["camp"].runner.info["pid"], signal.SIGKILL)
+        return model(request)
+
+    logs = []
+    with StandIn(responder=responder, delay_s=0.3) as api:
+        cfg = config(repo, "killed", api, workers=1, max_trials=10, baseline_trials=2, buffer=2, agent_threads=2,
+                     analyst_every=0, smoke=False, heldout=False, until="120s")
+        camp = holder["camp"] = Campaign(cfg, log=logs.append)
+        camp.agent_backoff_s = 0.2
+        reason = camp.run()
+    assert killed.is_set()
+    assert reason == "reached --max-trials 10", logs[-5:]
+    assert any("the agent actor stopped answering" in line for line in logs), logs
+    events = events_of(repo, "killed")
+    assert not of_type(events, "candidate_invalid")
+    proposed = {ev.data["hypothesis_id"] for ev in of_type(events, "hypothesis_proposed")}
+    built = {ev.data["hypothesis_id"] for ev in of_type(events, "candidate_created")}
+    assert built and built <= proposed
+    # calls after the restart were answered (by the restarted process) and journaled
+    assert len(of_type(events, "agent_usage")) >= 2
