@@ -41,6 +41,9 @@ class Hypothesis:
     mainline_commit: str | None = None
     params: dict[str, Any] | None = None  # constant name -> new value (offline agent)
     patch: str | None = None  # unified diff of editable files (code-writing agents)
+    # The previous implementation failed to run: {attempt, reason, crash_class, diff, log_tail}
+    # (the swarm asks its implementer once more, with this).
+    fix: dict[str, Any] | None = None
 
     def to_dict(self) -> dict:
         """Plain dict (JSON-ready) of all fields, e.g. for a hypothesis_proposed event."""

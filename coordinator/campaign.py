@@ -37,6 +37,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from agents.base import ImplementationError
 from coordinator.agent_runner import AgentRunner, AgentStartError
 from coordinator.config import SwarmConfig, config_from_dict, default_campaign_tag
 from coordinator.mainline import MainlineRepo, PatchImplementer
@@ -55,6 +56,8 @@ PORT_AGENT = "port"        # agent name of hypotheses that carry another track's
 HELDOUT_ENV = {"AUTORESEARCH_EVAL_SPLIT": "test"}
 AGENT_THREADS = 8          # agent calls in flight at once (agent_threads unset, a model backend)
 CONSTANTS_IMPLEMENTER = "constants"  # hypotheses that only set constants are applied here, no model call
+MAX_FIXES = 1              # an implementation that does not run goes back to its implementer this often
+NO_FIX = ("constants", "offline", "patch")  # implementers that would build the same thing again
 ANALYST_EVENTS = ("hypothesis_proposed", "verdict", "trial_finished", "candidate_invalid", "merged",
                   "promoted", "reverted", "lab_note")   # what the analyst reads (agents/analyst.py)
 AGENT_BACKOFF_S = 5.0      # first wait after an overloaded / rate-limited / unreachable agent
@@ -84,6 +87,14 @@ class FilesImplementer:
             else:
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_text(text, encoding="utf-8")
+
+
+class CandidateRejected(ImplementationError):
+    """A built candidate failed the worker's checks (it would not run): .diff is what was built."""
+
+    def __init__(self, reason: str, diff: str):
+        super().__init__(reason)
+        self.diff = diff
 
 
 class ConstantsImplementer:
@@ -599,6 +610,8 @@ class Campaign:
                 self._emit("verdict", **step[1])
                 self.verdicts_new += 1
                 self._say_verdict(step[1])
+                if step[1]["verdict"] in ("crash", "invalid"):
+                    self._crash_fix(step[1])
             elif kind == "retested":
                 d = step[1]
                 self._emit("retested", **d)
@@ -744,7 +757,7 @@ class Campaign:
                            asdict(self._context(track)), want)
 
     def _implement_pending(self, track: str):
-        from agents.base import Hypothesis, ImplementationError
+        from agents.base import Hypothesis
         st = self.state
         for hid, base in self._pending_impl(track):
             if hid in self.in_impl or self._backing_off(("impl", hid)):
@@ -775,11 +788,10 @@ class Campaign:
         return self.base_files[base]
 
     def _commit_candidate(self, h, impl, base: str, cid: str, track: str):
-        from agents.base import ImplementationError
         commit, diff = self.mainline.build_candidate(h, impl, base, cid, self.target.is_editable)
         problems = self._validate(commit, base)
         if problems:
-            raise ImplementationError("invalid before any trial: " + "; ".join(problems))
+            raise CandidateRejected("invalid before any trial: " + "; ".join(problems), diff)
         self._emit("candidate_created", candidate_id=cid, hypothesis_id=h.hypothesis_id, track=track,
                    commit=commit, base_commit=base, diff=diff, implementer=impl.name)
 
@@ -794,6 +806,31 @@ class Campaign:
         if self.checker.repo is None:       # not a plain clone (a worktree): the worker checks it
             return []
         return validate(self.checker, self.target, commit, base, self.state.fixed_hashes)
+
+    def _crash_fix(self, verdict: dict):
+        """A candidate that crashed or was invalid goes back to its implementer with the reason,
+        the log's tail and its own diff, MAX_FIXES times: the swarm's smoke run is the
+        implementer's (it runs on the worker, right before the trial, on the same accelerator)."""
+        st = self.state
+        c = st.candidates.get(verdict["candidate_id"])
+        if c is None or not c.hypothesis_id:
+            return
+        t = st.trials.get(verdict.get("trial_id")) if verdict.get("trial_id") else None
+        diff = self.mainline.diff(c.base_commit, c.commit) if c.base_commit and c.commit else ""
+        self._request_fix(c.hypothesis_id, c.candidate_id, c.track, c.implementer, verdict.get("reason") or "",
+                          verdict.get("crash_class") or verdict["verdict"], diff, (t.log_tail if t else "") or "")
+
+    def _request_fix(self, hid, cid, track, implementer, reason, crash_class, diff, log_tail):
+        st = self.state
+        attempt = st.fixes.get(hid, 0) + 1
+        if implementer in NO_FIX or hid not in st.hyp or attempt > MAX_FIXES or st.fatal:
+            return
+        mainline = st.swarm[track].trusted
+        self._emit("fix_requested", track=track, candidate_id=cid, hypothesis_id=hid, mainline=mainline,
+                   attempt=attempt, reason=reason[:2000], crash_class=crash_class, diff=diff[:20_000],
+                   log_tail=log_tail[-CRASH_LOG_TAIL:])
+        self.log(f"asking the {implementer} implementer to fix {str(st.hyp[hid].get('title'))[:60]} "
+                 f"({crash_class}; attempt {attempt + 1} of {MAX_FIXES + 1})")
 
     def _invalid(self, h, cid: str, track: str, base: str, why: str):
         self._emit("candidate_invalid", candidate_id=cid, hypothesis_id=h.hypothesis_id, track=track,
@@ -888,7 +925,6 @@ class Campaign:
             self._emit("hypothesis_proposed", **data)
 
     def _on_implementation(self, job):
-        from agents.base import ImplementationError
         st = self.state
         h, base, cid, track = job.payload
         self.in_impl.discard(h.hypothesis_id)
@@ -905,9 +941,12 @@ class Campaign:
             self._invalid(h, cid, track, base, why)
             return
         self.backoff.pop(job.key, None)
+        impl = FilesImplementer(a.get("files") or {}, a.get("implementer") or self.runner.backend)
         try:
-            impl = FilesImplementer(a.get("files") or {}, a.get("implementer") or self.runner.backend)
             self._commit_candidate(h, impl, base, cid, track)
+        except CandidateRejected as e:
+            self._invalid(h, cid, track, base, e.reason)
+            self._request_fix(h.hypothesis_id, cid, track, impl.name, e.reason, "invalid", e.diff, "")
         except ImplementationError as e:
             self._invalid(h, cid, track, base, e.reason)
 

@@ -111,6 +111,7 @@ class CampaignState(JournalView):
         self.hyp: dict[str, dict] = {}              # hypothesis id -> hypothesis_proposed data
         self.pending_impl: dict[str, str] = {}      # hypothesis id -> mainline commit to build it on
         self.conflicts: dict[str, int] = {}         # hypothesis id -> merge conflicts so far
+        self.fixes: dict[str, int] = {}             # hypothesis id -> fix attempts asked for so far
         self.keys: dict[tuple, set] = {}            # (track, mainline) -> hypothesis keys proposed there
         self.ports: set = set()                     # (source candidate id, track) already ported
         self.promotions: list = []                  # (track, candidate id, commit, previous) in order
@@ -292,6 +293,14 @@ class CampaignState(JournalView):
             self.pending_impl[hid] = d["mainline"]
             if hid in self.hyp:
                 self._add_key(d["track"], d["mainline"], self.hyp[hid])
+
+    def _swarm_fix_requested(self, ev, d, now):
+        hid = str(d.get("hypothesis_id"))
+        self.fixes[hid] = max(self.fixes.get(hid, 0), int(d.get("attempt") or 1))
+        if hid in self.hyp and d.get("mainline"):
+            self.hyp[hid]["fix"] = {k: d.get(k) for k in ("attempt", "reason", "crash_class", "diff", "log_tail")}
+            self.pending_impl[hid] = d["mainline"]
+            self._add_key(d.get("track"), d["mainline"], self.hyp[hid])
 
     def _swarm_merged(self, ev, d, now):
         cid = str(d["candidate_id"])

@@ -41,6 +41,7 @@ EVENT_TYPES = {
                 "candidate_mean", "mainline_mean"),
     "merged": ("track", "candidate_id", "commit", "previous"),
     "merge_conflict": ("track", "candidate_id", "hypothesis_id", "mainline", "reason", "action"),
+    "fix_requested": ("track", "candidate_id", "hypothesis_id", "mainline", "attempt", "reason"),
     "retested": ("track", "commit", "previous", "verdict", "p_value", "effect_bpb"),
     "promoted": ("track", "commit", "previous", "val_bpb"),
     "reverted": ("track", "commit", "restored", "reason"),

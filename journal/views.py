@@ -76,6 +76,7 @@ class Candidate:
     base_commit: Optional[str] = None
     time: Optional[float] = None
     invalid: Optional[str] = None     # why, from candidate_invalid
+    implementer: Optional[str] = None  # who built it (an agent, "constants", "port")
     verdicts: list = field(default_factory=list)     # verdict data dicts, in order
     merged_commit: Optional[str] = None
     outcome: Optional[str] = None     # merged / promoted / reverted
@@ -272,6 +273,9 @@ class CampaignState:
     def _on_merge_conflict(self, ev, d):
         pass  # shown in the event log; the candidate's verdict stands
 
+    def _on_fix_requested(self, ev, d):
+        pass  # the failed candidate's verdict stands; the fix is a candidate of its own
+
     def _on_worker_joined(self, ev, d):
         w = self._worker(d.get("worker"), ev.time)
         w.track, w.profile = ident(d.get("track")), text(d.get("profile"))
@@ -340,7 +344,7 @@ class CampaignState:
     def _on_candidate_created(self, ev, d):
         c = self._candidate(d.get("candidate_id"))
         c.track, c.commit, c.base_commit = ident(d.get("track")), ident(d.get("commit")), ident(d.get("base_commit"))
-        c.time = ev.time
+        c.time, c.implementer = ev.time, text(d.get("implementer"))
         self._link(c, d.get("hypothesis_id"))
 
     def _on_candidate_invalid(self, ev, d):

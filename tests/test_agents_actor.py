@@ -10,7 +10,7 @@ import os
 import re
 
 import pytest
-from anthropic_standin import StandIn
+from anthropic_standin import StandIn, outside_fences
 from campaign_events import events_of, of_type, state_of
 from model_standin import ResearchModel
 from synthetic import make_repo
@@ -152,3 +152,42 @@ def test_a_killed_agent_actor_is_restarted_and_its_calls_tried_again(ray_with_ke
     assert built and built <= proposed
     # calls after the restart were answered (by the restarted process) and journaled
     assert len(of_type(events, "agent_usage")) >= 2
+
+
+def test_a_crashing_implementation_goes_back_to_the_model_with_its_log(ray_with_key, tmp_path):
+    """The model's first edit crashes in the worker's smoke run: the candidate is invalid, and the
+    model is asked once more, shown the failed diff and the log's tail inside a fence; its fix
+    becomes a candidate that trains."""
+    repo = make_repo(tmp_path / "repo")
+    model = ResearchModel()
+    first = {}
+
+    def responder(request):
+        reply = model(request)
+        uses = [b for b in reply.body.get("content", []) if b.get("name") == "replace_in_file"]
+        if uses and not first:                      # the first edit: it breaks train.py at import
+            first["text"] = request.text()
+            uses[0]["input"]["new"] += "\nraise RuntimeError('boom: this edit crashes on purpose')"
+        return reply
+
+    with StandIn(responder=responder) as api:
+        cfg = config(repo, "fix", api, workers=1, max_trials=12, baseline_trials=2, buffer=2, agent_threads=2,
+                     analyst_every=0, smoke=True, heldout=False, until="120s")
+        reason = Campaign(cfg, log=lambda m: None).run()
+        requests = list(api.requests)
+    assert reason == "reached --max-trials 12"
+    events = events_of(repo, "fix")
+    fix = of_type(events, "fix_requested")
+    assert len(fix) == 1 and fix[0].data["attempt"] == 1 and "boom" in fix[0].data["log_tail"]
+    hid = fix[0].data["hypothesis_id"]
+    verdicts = {ev.data["candidate_id"]: ev.data["verdict"] for ev in of_type(events, "verdict")}
+    built = [ev.data["candidate_id"] for ev in of_type(events, "candidate_created") if ev.data["hypothesis_id"] == hid]
+    assert len(built) == 2 and verdicts.get(built[0]) == "invalid"
+    assert verdicts.get(built[1]) in ("discard", "promising", "confirmed")   # the fix ran
+    # the second implement request told the model what failed, the log only inside a fence
+    again = [r for r in requests if "the previous implementation did not run" in r.text()]
+    assert len(again) == 1
+    text = again[0].text()
+    assert "+raise RuntimeError('boom" in text                 # its own diff, as a diff
+    assert "RuntimeError: boom: this edit crashes on purpose" in text    # the traceback, from the log
+    assert "RuntimeError: boom" not in outside_fences(text)

@@ -177,16 +177,20 @@ def test_agent_errors_requeue_or_stop_never_invalidate(ray_local, tmp_path):
 
 
 class BreaksTheFirst(OfflineImplementer):
-    """The offline agent's edits, except that its first implementation does not compile."""
+    """The offline agent's edits, except that its first implementation does not compile. It is
+    not the offline agent (which would build the same thing again), so it is asked to fix it."""
     name = "breaks-first"
 
     def __init__(self):
         super().__init__()
         self.broken = None
+        self.fixes = []                 # the failure reports it was given
 
     def implement(self, h, workspace):
         super().implement(h, workspace)
-        if self.broken is None:
+        if h.fix:
+            self.fixes.append((h.hypothesis_id, h.fix))
+        elif self.broken is None:
             self.broken = h.hypothesis_id
             path = workspace / "train.py"
             path.write_text(path.read_text() + "\ndef broken(:\n    pass\n")
@@ -194,18 +198,26 @@ class BreaksTheFirst(OfflineImplementer):
 
 def test_candidates_are_validated_before_any_worker_sees_them(ray_local, tmp_path):
     """An implementation that does not compile is invalid when it is built (the worker's own
-    checks, run by the coordinator): no commit joins the buffer, no trial is spent on it."""
+    checks, run by the coordinator): no commit joins the buffer, no trial is spent on it, and
+    the implementer gets it back once, with the reason and its diff, and fixes it."""
     repo = make_repo(tmp_path / "repo")
     implementer = BreaksTheFirst()
-    cfg = config(repo, "valid", workers=1, max_trials=4, baseline_trials=2, buffer=2, agent_threads=0,
+    cfg = config(repo, "valid", workers=1, max_trials=6, baseline_trials=2, buffer=2, agent_threads=0,
                  analyst_every=0, smoke=False, heldout=False)
     reason = Campaign(cfg, agent=(OfflineProposer(seed=0), implementer), log=lambda m: None).run()
-    assert reason == "reached --max-trials 4"
+    assert reason == "reached --max-trials 6"
     events = events_of(repo, "valid")
     invalid = of_type(events, "candidate_invalid")
     assert [ev.data["hypothesis_id"] for ev in invalid] == [implementer.broken]
     assert "invalid before any trial" in invalid[0].data["reason"] and "does not compile" in invalid[0].data["reason"]
-    assert implementer.broken not in {ev.data["hypothesis_id"] for ev in of_type(events, "candidate_created")}
-    assert of_type(events, "candidate_created")          # the others were built and run
-    assert all(ev.data["kind"] in ("baseline", "candidate") for ev in of_type(events, "trial_started"))
     assert not [ev for ev in of_type(events, "trial_finished") if ev.data["status"] == "invalid"]
+    # the fix: asked for once, with what failed; the second build is a candidate that runs
+    fix = of_type(events, "fix_requested")
+    assert [ev.data["hypothesis_id"] for ev in fix] == [implementer.broken] and fix[0].data["attempt"] == 1
+    assert [hid for hid, _ in implementer.fixes] == [implementer.broken]
+    told = implementer.fixes[0][1]
+    assert "does not compile" in told["reason"] and "+def broken(:" in told["diff"]
+    rebuilt = [ev for ev in of_type(events, "candidate_created") if ev.data["hypothesis_id"] == implementer.broken]
+    assert len(rebuilt) == 1
+    ran = {ev.data["candidate_id"] for ev in of_type(events, "trial_started") if ev.data["kind"] == "candidate"}
+    assert rebuilt[0].data["candidate_id"] in ran
