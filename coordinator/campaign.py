@@ -808,7 +808,7 @@ class Campaign:
         return validate(self.checker, self.target, commit, base, self.state.fixed_hashes)
 
     def _crash_fix(self, verdict: dict):
-        """A candidate that crashed or was invalid goes back to its implementer with the reason,
+        """A code change that crashed or was invalid goes back to its implementer with the reason,
         the log's tail and its own diff, MAX_FIXES times: the swarm's smoke run is the
         implementer's (it runs on the worker, right before the trial, on the same accelerator)."""
         st = self.state
@@ -825,6 +825,8 @@ class Campaign:
         attempt = st.fixes.get(hid, 0) + 1
         if implementer in NO_FIX or hid not in st.hyp or attempt > MAX_FIXES or st.fatal:
             return
+        if st.hyp[hid].get("params"):
+            return     # constants that crash (a depth that runs out of memory) are a finding, not a bug
         mainline = st.swarm[track].trusted
         self._emit("fix_requested", track=track, candidate_id=cid, hypothesis_id=hid, mainline=mainline,
                    attempt=attempt, reason=reason[:2000], crash_class=crash_class, diff=diff[:20_000],

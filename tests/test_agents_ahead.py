@@ -6,6 +6,7 @@ campaign stops with the message), never the hypothesis's."""
 import io
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 from campaign_events import events_of, of_type, state_of
@@ -14,6 +15,7 @@ from synthetic import make_repo
 from agents.anthropic_agent import AgentError
 from agents.base import Proposer
 from agents.offline import OfflineImplementer, OfflineProposer
+from agents.prompts import title_params
 from agents.usage import UsageMeter, usage_record
 from rich.console import Console
 
@@ -176,9 +178,17 @@ def test_agent_errors_requeue_or_stop_never_invalidate(ray_local, tmp_path):
     assert of_type(events, "trial_finished")
 
 
+class CodeChanges(OfflineProposer):
+    """The offline agent's ideas as code changes: the title says what to change, no params."""
+    name = "code"
+
+    def propose(self, ctx, n):
+        return [replace(h, params=None) for h in super().propose(ctx, n)]
+
+
 class BreaksTheFirst(OfflineImplementer):
-    """The offline agent's edits, except that its first implementation does not compile. It is
-    not the offline agent (which would build the same thing again), so it is asked to fix it."""
+    """Makes the change a title names, except that its first implementation does not compile.
+    It is not the offline agent (which would build the same thing again), so it is asked to fix it."""
     name = "breaks-first"
 
     def __init__(self):
@@ -187,7 +197,7 @@ class BreaksTheFirst(OfflineImplementer):
         self.fixes = []                 # the failure reports it was given
 
     def implement(self, h, workspace):
-        super().implement(h, workspace)
+        super().implement(replace(h, params=title_params(h.title)), workspace)
         if h.fix:
             self.fixes.append((h.hypothesis_id, h.fix))
         elif self.broken is None:
@@ -204,7 +214,7 @@ def test_candidates_are_validated_before_any_worker_sees_them(ray_local, tmp_pat
     implementer = BreaksTheFirst()
     cfg = config(repo, "valid", workers=1, max_trials=6, baseline_trials=2, buffer=2, agent_threads=0,
                  analyst_every=0, smoke=False, heldout=False)
-    reason = Campaign(cfg, agent=(OfflineProposer(seed=0), implementer), log=lambda m: None).run()
+    reason = Campaign(cfg, agent=(CodeChanges(seed=0), implementer), log=lambda m: None).run()
     assert reason == "reached --max-trials 6"
     events = events_of(repo, "valid")
     invalid = of_type(events, "candidate_invalid")
