@@ -42,7 +42,6 @@ class Job:
     handle: Any             # a concurrent Future or a Ray ObjectRef
     answer: dict | None = None
     error: BaseException | None = None
-    started: float = 0.0
 
 
 class AgentRunner:
@@ -121,7 +120,7 @@ class AgentRunner:
         else:
             pool = self.analyst_pool if kind == "analyst" else self.pool
             handle = pool.submit(getattr(self.service, method), *args)
-        self.jobs.append(Job(kind, key, payload, handle, started=time.time()))
+        self.jobs.append(Job(kind, key, payload, handle))
 
     def busy(self, kind: str | None = None) -> int:
         return sum(1 for j in self.jobs if kind is None or j.kind == kind)
