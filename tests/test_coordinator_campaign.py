@@ -100,7 +100,7 @@ def test_synthetic_campaign_judges_known_effects(ray_local, tmp_path):
     repo = make_repo(tmp_path / "repo")
     logs = []
     agent = (LuckyFirst(), OfflineImplementer())
-    reason = Campaign(config(repo, "stat", workers=1, max_trials=40, baseline_trials=3), agent=agent, log=logs.append).run()
+    reason = Campaign(config(repo, "stat", workers=1, max_trials=40, baseline_trials=5), agent=agent, log=logs.append).run()
     assert reason == "reached --max-trials 40", logs[-5:]
     events = events_of(repo, "stat")
     st = check_consistent(repo, "stat", events)
@@ -108,8 +108,8 @@ def test_synthetic_campaign_judges_known_effects(ray_local, tmp_path):
 
     # baselines of the initial mainline come first: nothing is judged before its noise is measured
     first = of_type(events, "trial_finished", "verdict")
-    assert [ev.data.get("kind") for ev in first[:3]] == ["baseline"] * 3
-    assert all(ev.data["commit"] == initial and ev.data["status"] == "ok" for ev in first[:3])
+    assert [ev.data.get("kind") for ev in first[:5]] == ["baseline"] * 5
+    assert all(ev.data["commit"] == initial and ev.data["status"] == "ok" for ev in first[:5])
 
     verdicts = [ev.data for ev in of_type(events, "verdict")]
     for v in verdicts:
