@@ -64,17 +64,19 @@ class AgentService:
 
     config: agents/factory.py settings ("editable" names the files an implementation may
     change). agents: ready-made agents instead of building them from config (an AgentSet).
+    announce: where the line saying which backend was chosen goes (default: the log).
     """
 
     def __init__(self, config: Mapping[str, Any] | None = None, journal_url: str | None = None,
-                 campaign: str | None = None, smoke: Callable | None = None, agents: AgentSet | None = None):
+                 campaign: str | None = None, smoke: Callable | None = None, agents: AgentSet | None = None,
+                 announce: Callable[[str], None] | None = None):
         self.config = dict(config or {})
         self.journal = None
         if journal_url:
             from journal import open_journal
 
             self.journal = open_journal(journal_url, campaign=campaign)
-        self.agents = agents or make_agents(self.config, self.journal, smoke=smoke, announce=log.warning)
+        self.agents = agents or make_agents(self.config, self.journal, smoke=smoke, announce=announce or log.warning)
         self.events: list = []            # what the analyst has seen, in journal order
         self._events_lock = threading.Lock()
 

@@ -154,14 +154,22 @@ class AgentRunner:
             try:
                 j.answer = self._result(j.handle)
             except Exception as e:
-                j.error = getattr(e, "cause", None) or e   # a Ray task error carries the original
+                j.error = e
         return done
 
     def _result(self, handle):
-        if self.actor is not None:
-            import ray
+        if self.actor is None:
+            return handle.result()
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        from agents.base import AgentError
+        try:
             return ray.get(handle)
-        return handle.result()
+        except RayActorError as e:     # died or restarting: the call is lost, not the hypothesis
+            raise AgentError(f"the agent actor stopped answering: {_first_line(e)}", kind="connection") from None
+        except RayTaskError as e:      # the method raised: the original exception
+            raise e.cause if isinstance(e.cause, Exception) else e from None
 
     def shutdown(self) -> None:
         """Calls in flight are dropped (a model call finishes on its own; nothing waits for it)."""

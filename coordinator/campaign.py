@@ -314,7 +314,7 @@ class Campaign:
         answers in milliseconds; ("actor", settings, threads) for a model backend."""
         from agents.actor import AgentService
         from agents.base import AgentError
-        from agents.factory import AgentSet, choose_backend, make_agents
+        from agents.factory import AgentSet, choose_backend
 
         cfg = self.cfg
         threads = cfg.agent_threads
@@ -335,7 +335,7 @@ class Campaign:
         try:
             backend, _ = choose_backend(settings)
             if backend == "offline" or threads == 0:
-                return "local", AgentService(settings, agents=make_agents(settings, announce=self.log)), threads or 0
+                return "local", AgentService(settings, announce=self.log), threads or 0
         except AgentError as e:
             raise CampaignError(f"agent: {e}") from None
         settings["backend"] = backend       # the actor must not fall back to another backend
@@ -365,11 +365,10 @@ class Campaign:
             if not AgentRunner.node_has_env(key):
                 # a head started by a service, or before the key was exported: still run, here
                 from agents.actor import AgentService
-                from agents.factory import make_agents
                 self.log(f"note: this machine's Ray node was started without ${key}, so the agents run in "
                          f"the coordinator's process instead of their own Ray actor; export {key} before "
                          f"`ray start --head` (or in the head service's environment) to give them one")
-                mode, what = "local", AgentService(what, agents=make_agents(what, announce=self.log))
+                mode, what = "local", AgentService(what, announce=self.log)
         if mode == "local":
             self.runner = AgentRunner.local(what, threads)
             return
@@ -874,15 +873,12 @@ class Campaign:
             else:
                 self._on_implementation(job)
 
-    def _job_error(self, job, what: str):
+    def _job_error(self, job):
         """The AgentError of a job that failed, or None (answered, or failed in another way)."""
         from agents.base import AgentError
         a = job.answer or {}
         if isinstance(job.error, AgentError):
             return job.error
-        if job.error is not None and type(job.error).__name__ in ("RayActorError", "ActorDiedError",
-                                                                  "ActorUnavailableError"):
-            return AgentError(f"the agent actor stopped answering {what}: {job.error}", kind="connection")
         if a.get("error_kind") and (a.get("error") or a.get("agent_error")):
             return AgentError(a.get("error") or a.get("reason") or "agent error", kind=a["error_kind"])
         return None
@@ -901,7 +897,7 @@ class Campaign:
         st = self.state
         track, asked_on, n = job.payload
         self.asked[track] = max(0, self.asked.get(track, 0) - n)
-        err = self._job_error(job, f"to propose for {track}")
+        err = self._job_error(job)
         if err is not None:
             self._agent_failed(err, job.key, f"to propose for {track}")
             return
@@ -932,7 +928,7 @@ class Campaign:
         self.in_impl.discard(h.hypothesis_id)
         if st.pending_impl.get(h.hypothesis_id) != base:
             return                    # built meanwhile, or to be rebuilt on a new mainline
-        err = self._job_error(job, f"to implement {h.title[:60]!r}")
+        err = self._job_error(job)
         if err is not None:
             self._agent_failed(err, job.key, f"to implement {h.title[:60]!r}")
             return

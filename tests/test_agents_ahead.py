@@ -212,20 +212,22 @@ def test_candidates_are_validated_before_any_worker_sees_them(ray_local, tmp_pat
     the implementer gets it back once, with the reason and its diff, and fixes it."""
     repo = make_repo(tmp_path / "repo")
     implementer = BreaksTheFirst()
-    cfg = config(repo, "valid", workers=1, max_trials=6, baseline_trials=2, buffer=2, agent_threads=0,
-                 analyst_every=0, smoke=False, heldout=False)
+    cfg = config(repo, "valid", workers=1, max_trials=12, baseline_trials=2, buffer=2, agent_threads=0,
+                 max_seeds=2, retest_trials=2, analyst_every=0, smoke=False, heldout=False)
     reason = Campaign(cfg, agent=(CodeChanges(seed=0), implementer), log=lambda m: None).run()
-    assert reason == "reached --max-trials 6"
+    assert reason == "reached --max-trials 12"
     events = events_of(repo, "valid")
     invalid = of_type(events, "candidate_invalid")
     assert [ev.data["hypothesis_id"] for ev in invalid] == [implementer.broken]
     assert "invalid before any trial" in invalid[0].data["reason"] and "does not compile" in invalid[0].data["reason"]
     assert not [ev for ev in of_type(events, "trial_finished") if ev.data["status"] == "invalid"]
     # the fix: asked for once, with what failed; the second build is a candidate that runs
-    fix = of_type(events, "fix_requested")
-    assert [ev.data["hypothesis_id"] for ev in fix] == [implementer.broken] and fix[0].data["attempt"] == 1
-    assert [hid for hid, _ in implementer.fixes] == [implementer.broken]
-    told = implementer.fixes[0][1]
+    # (a code change that crashes in its run, a depth out of memory, may be sent back too)
+    fix = [ev for ev in of_type(events, "fix_requested") if ev.data["hypothesis_id"] == implementer.broken]
+    assert len(fix) == 1 and fix[0].data["attempt"] == 1
+    told = [f for hid, f in implementer.fixes if hid == implementer.broken]
+    assert len(told) == 1
+    told = told[0]
     assert "does not compile" in told["reason"] and "+def broken(:" in told["diff"]
     rebuilt = [ev for ev in of_type(events, "candidate_created") if ev.data["hypothesis_id"] == implementer.broken]
     assert len(rebuilt) == 1
