@@ -87,7 +87,6 @@ BOS_TOKEN = "<|reserved_0|>"
 def _set_profile(name):
     """Select a profile: sets the module constants train.py imports. Unknown name -> clear exit."""
     global PROFILE, MAX_SEQ_LEN, VOCAB_SIZE, TIME_BUDGET, EVAL_TOKENS, EVAL_BATCH_SIZE, TOKENIZER_MAX_CHARS
-    global EVAL_SPLIT
     global CACHE_DIR, DATA_DIR, TOKENIZER_DIR
     if name not in PROFILES:
         raise SystemExit(f"error: unknown profile {name!r} (AUTORESEARCH_PROFILE / --profile); "
@@ -104,11 +103,6 @@ def _set_profile(name):
     if override and not (override.isdigit() and int(override) > 0):
         raise SystemExit(f"error: AUTORESEARCH_EVAL_TOKENS must be a positive integer, got {override!r}")
     EVAL_TOKENS = int(override) if override else p["EVAL_TOKENS"]
-    # split evaluate_bpb scores by default; the swarm sets "test" only for the held-out
-    # evaluation of a promoted mainline (never for decisions)
-    EVAL_SPLIT = os.environ.get("AUTORESEARCH_EVAL_SPLIT") or "val"
-    if EVAL_SPLIT not in ("val", "test"):
-        raise SystemExit(f"error: AUTORESEARCH_EVAL_SPLIT must be 'val' or 'test', got {EVAL_SPLIT!r}")
     CACHE_DIR = os.path.join(CACHE_ROOT, name)
     DATA_DIR = os.path.join(CACHE_DIR, "data")
     TOKENIZER_DIR = os.path.join(CACHE_DIR, "tokenizer")
@@ -780,6 +774,12 @@ def fingerprint_record(fp):
     return dict(fingerprint=fp, profile=PROFILE, time_budget=p["TIME_BUDGET"], max_seq_len=p["MAX_SEQ_LEN"],
                 vocab_size=p["VOCAB_SIZE"], eval_tokens=p["EVAL_TOKENS"])
 
+
+def data_paths():
+    """What a sandboxed trial may read (the profile's cache) and which of it training must never
+    see (the val and test shards): printed by `--fingerprint` for the worker's sandbox."""
+    return dict(data_dirs=[CACHE_DIR], eval_files={s: split_files(s) for s in ("val", "test")})
+
 # ---------------------------------------------------------------------------
 # Peak FLOPs (for MFU): vendor tables for GPUs, a measurement on the CPU backend
 # ---------------------------------------------------------------------------
@@ -872,47 +872,66 @@ def get_peak_flops(dtype=mx.float32):
 # Evaluation (DO NOT CHANGE — this is the fixed metric)
 # ---------------------------------------------------------------------------
 
-def evaluate_bpb(model, tokenizer, batch_size=None, split=None):
+def eval_rows(tokenizer, split="val"):
+    """The fixed evaluation rows of a split: EVAL_TOKENS // MAX_SEQ_LEN rows of MAX_SEQ_LEN + 1 tokens
+    (int32 numpy), the same rows in the same order on every machine (val/test order ignores the seed)."""
+    assert split in ("val", "test"), f"evaluation split must be 'val' or 'test', got {split!r}"
+    n_rows = max(1, EVAL_TOKENS // MAX_SEQ_LEN)
+    rows = _packed_rows(tokenizer, MAX_SEQ_LEN, split_files(split), split, 0, DOC_BUFFER)
+    return np.stack([next(rows)[0] for _ in range(n_rows)])
+
+
+# The cross-entropy is computed here from the model's logits, never by the model itself: a model's
+# own loss (label smoothing, a different reduction, a bug) must not change what is measured.
+# The MLX functions are bound as defaults when this module loads, before any candidate code runs.
+def token_nats(logits, targets, _f32=mx.float32, _lse=mx.logsumexp, _take=mx.take_along_axis):
+    """Per-token cross-entropy in nats: logsumexp(logits) - logits[target], in float32."""
+    logits = logits.astype(_f32)
+    return _lse(logits, axis=-1) - _take(logits, targets[..., None], axis=-1)[..., 0]
+
+
+def bpb_of_rows(forward, rows, token_bytes, batch_size, _nats=token_nats, _log=math.log,
+                _mx_array=mx.array, _sum=mx.sum, _eval=mx.eval):
+    """Bits per byte of `forward` (inputs (B, T) -> logits (B, T, vocab)) on `rows` (eval_rows).
+    Sums per-token nats and target byte lengths over all rows, then converts nats/byte to bits/byte.
+    Special tokens (byte length 0) count in neither sum. One batch at a time, accumulated in
+    Python floats, so the result does not depend on batch_size."""
+    total_nats, total_bytes = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        x, y = _mx_array(chunk[:, :-1]), _mx_array(chunk[:, 1:])
+        logits = forward(x)
+        want = (*x.shape, token_bytes.shape[0])
+        if tuple(logits.shape) != want:
+            raise ValueError(f"the model returned logits of shape {tuple(logits.shape)}, expected {want} "
+                             f"(batch, sequence, vocab)")
+        nbytes = token_bytes[y]
+        nats = _sum(_nats(logits, y) * (nbytes > 0))
+        nb = _sum(nbytes)
+        _eval(nats, nb)
+        total_nats += nats.item()
+        total_bytes += nb.item()
+    return total_nats / (_log(2) * total_bytes)
+
+
+def evaluate_bpb(model, tokenizer, batch_size=None, split="val"):
     """
-    Bits per byte (BPB): vocab size-independent evaluation metric.
-    Sums per-token cross-entropy (in nats), sums target byte lengths,
-    then converts nats/byte to bits/byte. Special tokens (byte length 0)
-    are excluded from both sums.
-    Uses fixed MAX_SEQ_LEN and EVAL_TOKENS // MAX_SEQ_LEN rows of the split (in a fixed order),
-    so the result does not depend on batch_size. split defaults to EVAL_SPLIT ("val";
-    AUTORESEARCH_EVAL_SPLIT=test for the swarm's held-out evaluation). batch_size is capped by EVAL_BATCH_SIZE to
-    bound memory; one batch at a time is evaluated and accumulated in Python floats.
+    Bits per byte (BPB): vocab size-independent evaluation metric, on the fixed rows of a split
+    (eval_rows). The model is asked for logits only (model(x)); the cross-entropy is computed
+    here (bpb_of_rows). batch_size is capped by EVAL_BATCH_SIZE to bound memory. The swarm runs
+    the same computation in a separate process on the saved model (evaluate.py); the held-out
+    split (test) is scored only there, never from train.py.
     """
-    split = split or EVAL_SPLIT
     batch_size = min(batch_size or EVAL_BATCH_SIZE, EVAL_BATCH_SIZE)
-    token_bytes = get_token_bytes()
-    rows = max(1, EVAL_TOKENS // MAX_SEQ_LEN)
-    loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, split)
+    rows = eval_rows(tokenizer, split)
     was_training = getattr(model, "training", None)
     if was_training:
         model.eval()
-    total_nats = 0.0
-    total_bytes = 0
     try:
-        done = 0
-        while done < rows:
-            x, y, _ = next(loader)
-            take = min(batch_size, rows - done)
-            if take < batch_size:  # last partial batch: same rows whatever the batch size
-                x, y = x[:take], y[:take]
-            loss = model(x, y, reduction="none").astype(mx.float32)  # (B, T) nats; no gradients built
-            nbytes = token_bytes[y]
-            nats = mx.sum(loss * (nbytes > 0))
-            nb = mx.sum(nbytes)
-            mx.eval(nats, nb)
-            total_nats += nats.item()
-            total_bytes += nb.item()
-            done += take
+        return bpb_of_rows(model, rows, get_token_bytes(), batch_size)
     finally:
-        loader.close()
         if was_training:
             model.train()
-    return total_nats / (math.log(2) * total_bytes)
 
 # ---------------------------------------------------------------------------
 # Main
@@ -957,7 +976,7 @@ def main(argv=None):
         _set_profile(args.profile)
 
     if args.fingerprint:
-        print(json.dumps(fingerprint_record(verify_cache())), flush=True)
+        print(json.dumps({**fingerprint_record(verify_cache()), **data_paths()}), flush=True)
         return
 
     print(f"Profile: {PROFILE} {json.dumps(PROFILES[PROFILE])}")

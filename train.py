@@ -9,6 +9,8 @@ import argparse
 import gc
 import json
 import math
+import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -18,7 +20,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 
-from prepare import (EVAL_SPLIT, EVAL_TOKENS, MAX_SEQ_LEN, PROFILE, TIME_BUDGET, Tokenizer, data_fingerprint,
+from prepare import (EVAL_BATCH_SIZE, EVAL_TOKENS, MAX_SEQ_LEN, PROFILE, TIME_BUDGET, Tokenizer, data_fingerprint,
                      evaluate_bpb, get_peak_flops, make_dataloader)
 
 # bf16 weights/activations on an accelerator (Metal, CUDA); fp32 on the CPU backend,
@@ -260,7 +262,7 @@ class GPT(nn.Module):
         valid = targets != -1
         loss = nn.losses.cross_entropy(logits, mx.where(valid, targets, 0), reduction="none") * valid
         if reduction == "none":
-            return loss  # (B, T), used by prepare.evaluate_bpb
+            return loss  # (B, T) nats per token
         assert reduction == "mean", f"reduction must be 'mean' or 'none', got {reduction!r}"
         return loss.sum() / mx.maximum(valid.sum(), 1)
 
@@ -342,6 +344,14 @@ def get_muon_momentum(step):
 def get_weight_decay(progress):
     return WEIGHT_DECAY * (1 - progress)
 
+def save_checkpoint(model, config, path, **meta):
+    """The final model for the fixed evaluator (evaluate.py): weights plus the config that rebuilds
+    it (GPT(GPTConfig(**config))). The evaluator asks the model for logits only."""
+    os.makedirs(path, exist_ok=True)
+    model.save_weights(os.path.join(path, "model.safetensors"))
+    with open(os.path.join(path, "model.json"), "w") as f:
+        json.dump({"config": asdict(config), **meta}, f)
+
 # ---------------------------------------------------------------------------
 # Setup: tokenizer, model, optimizer, dataloader
 # ---------------------------------------------------------------------------
@@ -351,8 +361,13 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0, help="model init and data order (default 0)")
     parser.add_argument("--time-budget", type=float, default=TIME_BUDGET,
                         help=f"seconds of training, excluding startup, the first step and eval (default {TIME_BUDGET})")
+    parser.add_argument("--checkpoint", default=None, metavar="DIR",
+                        help="save the final model here for evaluate.py and skip the evaluation (the swarm's worker does this)")
     args = parser.parse_args()
     time_budget = args.time_budget
+    # SIGTERM (the worker's clock ran out, or the swarm stops): finish the current step, save, exit
+    stop_requested = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop_requested.append(signum))
     if not time_budget > 0:
         parser.error(f"--time-budget must be a positive number of seconds, got {time_budget}")
 
@@ -484,7 +499,7 @@ if __name__ == "__main__":
         step += 1
 
         # Time's up (the untimed first step is always followed by at least one timed step)
-        if done:
+        if done or stop_requested:
             break
 
     if interactive:
@@ -492,16 +507,26 @@ if __name__ == "__main__":
 
     total_tokens = step * tokens_per_step
 
-    # Final eval (forward only, training's batch: stays below training memory)
-    val_bpb = evaluate_bpb(model, tokenizer, device_batch_size)
+    # Final eval (forward only, training's batch: stays below training memory). Under the swarm the
+    # model is saved instead and scored by the fixed evaluator in a process of its own.
+    if args.checkpoint:
+        save_checkpoint(model, config, args.checkpoint, eval_batch_size=min(device_batch_size, EVAL_BATCH_SIZE),
+                        seed=args.seed, num_steps=step)
+        val_bpb = None
+    else:
+        val_bpb = evaluate_bpb(model, tokenizer, device_batch_size)
 
     # Final summary
     t_end = time.time()
-    steady_state_mfu = 100 * num_flops_per_token * tokens_per_step * (step - 1) / total_training_time / peak_flops
+    steady_state_mfu = (100 * num_flops_per_token * tokens_per_step * (step - 1) / total_training_time / peak_flops
+                        if total_training_time > 0 else 0.0)
     peak_vram_mb = mx.get_peak_memory() / 1024 / 1024
 
     print("---")
-    print(f"val_bpb:          {val_bpb:.6f}")
+    if val_bpb is not None:
+        print(f"val_bpb:          {val_bpb:.6f}")
+    else:
+        print(f"checkpoint:       {args.checkpoint}")
     print(f"training_seconds: {total_training_time:.1f}")
     print(f"total_seconds:    {t_end - t_start:.1f}")
     print(f"peak_vram_mb:     {peak_vram_mb:.1f}")
@@ -518,6 +543,6 @@ if __name__ == "__main__":
         "num_params_M": num_params / 1e6, "depth": DEPTH, "profile": PROFILE, "seed": args.seed,
         "backend": backend, "dtype": dtype_name, "data_fingerprint": data_fingerprint(),
         "time_budget": int(time_budget) if float(time_budget).is_integer() else time_budget,
-        "eval_tokens": EVAL_TOKENS, "eval_split": EVAL_SPLIT,
+        "eval_tokens": EVAL_TOKENS if val_bpb is not None else None,
     }
     print("summary_json: " + json.dumps(summary), flush=True)

@@ -53,7 +53,6 @@ ABORT_WAIT_S = 15.0        # on stop: how long aborted trials get to report back
 STOP_WAIT_S = 10.0         # on stop: how long workers get to flush their journal and exit
 MAX_WORKER_ABORTS = 3      # a worker that aborts this many trials in a row is retired
 PORT_AGENT = "port"        # agent name of hypotheses that carry another track's win
-HELDOUT_ENV = {"AUTORESEARCH_EVAL_SPLIT": "test"}
 AGENT_THREADS = 8          # agent calls in flight at once (agent_threads unset, a model backend)
 CONSTANTS_IMPLEMENTER = "constants"  # hypotheses that only set constants are applied here, no model call
 MAX_FIXES = 1              # an implementation that does not run goes back to its implementer this often
@@ -475,7 +474,7 @@ class Campaign:
             workdir = (str(self.cfg.workdir_path / name) if self.cfg.address is None or self.cfg.workdir
                        else f"~/.autoresearch-swarm/workers/{self.cfg.campaign}/{name}")
             actor = cls.remote(name, workdir, journal_url, self.cfg.campaign, None,
-                               self.state.fixed_hashes, dict(self.cfg.env))
+                               self.state.fixed_hashes, dict(self.cfg.env), sandbox=self.cfg.sandbox)
             slot = WorkerSlot(name, actor, journaled=journal_url is not None)
             self.workers[name] = slot
             self.joining[actor.load_repo.remote(self.load_bytes)] = (slot, "load")
@@ -1009,8 +1008,6 @@ class Campaign:
                     "bundle": self.mainline.bundle(a.commit, initial), "base_commit": a.base_commit,
                     "kind": a.kind, "candidate_id": a.candidate_id, "time_budget": self.cfg.time_budget,
                     "smoke": a.smoke, "track": a.track}
-            if a.kind == "heldout":
-                spec["env"] = dict(HELDOUT_ENV)
             now = time.time()
             st.mark_dispatched(trial_id, slot.name, a.track, a.commit, a.seed, a.kind, a.candidate_id, now)
             if not slot.journaled:

@@ -61,6 +61,9 @@ def _run_flags(p: argparse.ArgumentParser):
                    help="skip the smoke run before a candidate's first trial")
     p.add_argument("--no-heldout", dest="heldout", action="store_const", const=False, default=None,
                    help="do not evaluate the test split on promotion")
+    p.add_argument("--sandbox", default=None, choices=("auto", "bwrap", "sandbox-exec", "off"),
+                   help="how trials are confined (default auto: bubblewrap on Linux, sandbox-exec on macOS); "
+                        "off is for debugging only and is journaled on every trial")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for every trial (repeatable)")
 
@@ -106,7 +109,7 @@ def _lazy(p: argparse.ArgumentParser, module: str):
 def _flags(args) -> dict:
     keys = ("campaign", "repo", "journal", "address", "workers", "time_budget", "baseline_trials",
             "retest_trials", "confidence", "min_effect", "max_seeds", "lease_s", "until", "max_trials",
-            "agent", "seed", "buffer", "agent_threads", "workdir", "smoke", "heldout")
+            "agent", "seed", "buffer", "agent_threads", "workdir", "smoke", "heldout", "sandbox")
     flags = {k: getattr(args, k, None) for k in keys}
     env = {}
     for item in getattr(args, "env", None) or []:
@@ -129,12 +132,15 @@ def cmd_run(args, resume: bool) -> int:
     from coordinator.config import load_config
     from coordinator.mainline import MainlineError
     from journal import JournalError
+    from worker.sandbox import SandboxError, resolve_mode
 
     try:
         cfg = load_config(_flags(args), args.config)
+        if cfg.address is None:     # workers on this machine: no sandbox, no campaign (Ray not started yet)
+            resolve_mode(cfg.sandbox)
         campaign = Campaign(cfg, resume_only=resume)
         reason = campaign.run()
-    except (CampaignError, MainlineError, JournalError, ValueError) as e:
+    except (CampaignError, MainlineError, JournalError, SandboxError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -220,6 +226,8 @@ def render_status(st, console):
                   f"{sum(1 for m in st.merges.values() if m.outcome == 'promoted')} promoted")
     if st.fatal:
         console.print(f"[red]cannot go on:[/red] {st.fatal}")
+    for note in st.trust_notes():
+        console.print(f"[yellow]note:[/yellow] {note}")
     usage = list(getattr(st, "usage", {}).values())
     if usage:
         console.print(f"agent usage: {sum(u.calls for u in usage)} calls, "

@@ -29,6 +29,7 @@ SWARM_DIR = ".swarm"                # coordinator files inside the research repo
 JOURNAL_ENV = "SWARM_JOURNAL"       # default journal location when --journal is not given
 PASSED_ENV = ("AUTORESEARCH_PROFILE", "AUTORESEARCH_CACHE")  # handed to every worker's trials
 AGENT_BACKENDS = ("offline", "auto", "anthropic", "command")   # agents/factory.py backends
+SANDBOX_MODES = ("auto", "bwrap", "sandbox-exec", "off")      # worker/sandbox.py modes
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,8 @@ class SwarmConfig:
     workdir: str | None = None      # worker clones; None: <repo>/.swarm/workers
     smoke: bool = True              # short smoke run before a candidate's first trial
     heldout: bool = True            # evaluate the test split once per promotion
+    sandbox: str = "auto"           # how trials are confined: auto (bubblewrap on Linux, sandbox-exec on
+                                    # macOS) | bwrap | sandbox-exec | off (debugging only; journaled)
     poll_s: float = 0.5             # longest wait of the loop for a result before it looks around
 
     # -- derived -----------------------------------------------------------------
@@ -175,6 +178,7 @@ def _check(cfg: SwarmConfig) -> SwarmConfig:
     need(cfg.agent_threads is None or is_int(cfg.agent_threads, 0), "agent_threads", "a whole number >= 0")
     need(is_int(cfg.analyst_every, 0), "analyst_every", "a whole number >= 0 (0: no lab notes)")
     need(is_num(cfg.poll_s, 0), "poll_s", "seconds > 0")
+    need(cfg.sandbox in SANDBOX_MODES, "sandbox", f"one of {', '.join(SANDBOX_MODES)}")
     need(isinstance(cfg.env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in cfg.env.items()),
          "env", "a table of strings, e.g. { AUTORESEARCH_PROFILE = \"tiny\" }")
     if not cfg.repo_path.is_dir():

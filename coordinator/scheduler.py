@@ -290,14 +290,13 @@ def next_decision(state: CampaignState, policy: Policy):
 
 
 def heldout_data(state: CampaignState, track, commit, t) -> dict:
-    """heldout_result data of a promotion's held-out run. test_bpb only when the run says it
-    evaluated the test split (train.py's summary has eval_split), so a worker that ignored
-    the split request never passes a validation figure off as a held-out one."""
+    """heldout_result data of a promotion's held-out run. test_bpb only when the worker's result says
+    the test split was scored (its evaluator's record, or a self-reported target's summary), so a
+    run that scored another split never passes a validation figure off as a held-out one."""
     split = (t.metrics or {}).get("eval_split")
     d = {"track": track, "commit": commit, "trial_id": t.trial_id, "status": t.status, "eval_split": split,
          "test_bpb": t.value if split == "test" else None, "reason": t.reason}
     if t.value is not None and split != "test":
         d["val_bpb"] = t.value
-        d["reason"] = (f"the run evaluated the {split or 'unknown'} split, not test (the worker did not pass "
-                       f"AUTORESEARCH_EVAL_SPLIT=test to it)")
+        d["reason"] = f"the run evaluated the {split or 'unknown'} split, not test"
     return d

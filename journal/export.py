@@ -117,6 +117,8 @@ def render_table(state: CampaignState, console) -> None:
         tracks.add_row(name, short(head), num(level), num(test),
                        f"{num(sigma)} ({dof})" if sigma is not None else "-", str(n))
     console.print(tracks)
+    for note in state.trust_notes():
+        console.print(f"[yellow]note:[/yellow] {note}")
 
     table = Table(title="hypotheses", title_justify="left")
     for col in ("hypothesis", "track", "trials", "mean val_bpb", "effect ± noise", "verdict", "commit"):
@@ -228,6 +230,8 @@ def markdown(state: CampaignState) -> str:
         line += f" · target {target} ({state.direction} val_bpb)"
     line += f" · stopped: {state.stop_reason}" if state.stopped else " · still running"
     w(line + "\n")
+    for note in state.trust_notes():
+        w(f"> **Note:** {note}.\n")
 
     names = state.track_names()
     w("## Tracks\n")

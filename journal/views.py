@@ -43,6 +43,8 @@ class Trial:
     log_path: Optional[str] = None
     timings: dict = field(default_factory=dict)
     progress: Optional[dict] = None  # the last trial_progress data
+    sandbox: Optional[str] = None    # bwrap | sandbox-exec | off (debugging only: unconfined)
+    metric_source: Optional[str] = None  # evaluator | self-reported (the trial's own output)
 
     @property
     def value(self) -> Optional[float]:
@@ -316,6 +318,7 @@ class CampaignState:
         t.val_bpb = d.get("val_bpb")
         t.metrics = d["metrics"] if isinstance(d.get("metrics"), dict) else {}
         t.timings = d["timings"] if isinstance(d.get("timings"), dict) else {}
+        t.sandbox, t.metric_source = text(d.get("sandbox")), text(d.get("metric_source"))
         if t.worker:
             w = self._worker(t.worker, ev.time)
             w.trials += 1
@@ -455,6 +458,21 @@ class CampaignState:
         if any(t.commit == commit and t.kind == "baseline" for t in self.trials.values()):
             return "baseline"
         return ""
+
+    def trust_notes(self) -> list[str]:
+        """What a reader must know before trusting the values: trials that ran without the sandbox,
+        values the trials reported themselves (no fixed evaluator)."""
+        done = [t for t in self.trials.values() if t.finished is not None]
+        off = sum(1 for t in done if t.sandbox == "off")
+        own = sum(1 for t in done if t.metric_source == "self-reported")
+        notes = []
+        if off:
+            notes.append(f"{off} of {len(done)} trials ran without the sandbox (--sandbox off, for debugging "
+                         f"only): their code was not confined")
+        if own:
+            notes.append(f"{own} of {len(done)} values are self-reported: the target has no fixed evaluator, "
+                         f"so the trial printed its own metric")
+        return notes
 
     def leaderboard(self, track) -> list:
         """Commits of a track ranked by mean val_bpb (best first): dicts with commit, n, mean,

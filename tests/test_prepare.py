@@ -77,7 +77,10 @@ def test_cache_layout_and_fingerprint_cli(tiny_data):
     assert len(lines) == 1
     rec = json.loads(lines[0])
     assert rec == {"fingerprint": rec["fingerprint"], "profile": "tiny", "time_budget": 60,
-                   "max_seq_len": 256, "vocab_size": 2048, "eval_tokens": 65536}
+                   "max_seq_len": 256, "vocab_size": 2048, "eval_tokens": 65536,
+                   # for the worker's sandbox: what trials read, and what training must never see
+                   "data_dirs": [str(d)], "eval_files": {s: [str(d / "data" / f) for f in manifest[s]]
+                                                         for s in ("val", "test")}}
     assert len(rec["fingerprint"]) == 64
     assert rec["fingerprint"] == json.loads((d / "fingerprint.json").read_text())["fingerprint"]
 
@@ -262,59 +265,62 @@ def test_corrupt_shard_error_reaches_consumer(prepare_module, tiny_data, tmp_pat
 # Evaluation
 # ---------------------------------------------------------------------------
 
-class KnownLossModel:
-    """Fake model with known per-token losses: loss(target) = 0.01 * (target % 97 + 1) nats."""
+class KnownLogitsModel:
+    """Fake model with known logits, the same at every position: logit(v) = -0.01 * (v % 97), so the
+    cross-entropy of target t is logsumexp(logits) + 0.01 * (t % 97). It has no loss of its own."""
 
-    def __init__(self):
+    def __init__(self, vocab):
+        self.logits = -0.01 * (np.arange(vocab) % 97).astype(np.float32)
         self.batch_sizes = []
 
-    def __call__(self, x, y, reduction="mean"):
-        assert reduction == "none"
+    def __call__(self, x):
         self.batch_sizes.append(x.shape[0])
-        return 0.01 * ((y % 97) + 1).astype(mx.float32)
+        return mx.broadcast_to(mx.array(self.logits), (*x.shape, len(self.logits)))
 
 
-def test_evaluate_bpb_matches_hand_computation(prepare_module, monkeypatch):
+def test_evaluate_bpb_computes_the_cross_entropy_from_logits(prepare_module, monkeypatch):
     prepare = prepare_module
     tok = prepare.Tokenizer.from_directory()
-    T = prepare.MAX_SEQ_LEN
+    T, V = prepare.MAX_SEQ_LEN, tok.get_vocab_size()
     monkeypatch.setattr(prepare, "EVAL_TOKENS", 10 * T)   # 10 rows: batch 4 leaves a partial batch
     tb = np.load(Path(prepare.TOKENIZER_DIR) / "token_bytes.npy")
 
-    # hand computation over the first 10 val rows
+    # hand computation over the first 10 val rows (float64)
     loader = prepare.make_dataloader(tok, 10, T, "val")
     _, y, _ = next(loader)
     loader.close()
     y = np.array(y)
     assert (y == tok.get_bos_token_id()).any()            # special tokens are among the targets
-    losses = 0.01 * ((y % 97) + 1)
+    c = -0.01 * (np.arange(V) % 97)
+    lse = np.log(np.exp(c).sum())
+    losses = lse - c[y]
     nbytes = tb[y]
     expected = float((losses * (nbytes > 0)).sum()) / (math.log(2) * float(nbytes.sum()))
+    assert np.array_equal(prepare.eval_rows(tok)[:, 1:], y)    # the fixed rows are the loader's first rows
 
     for bs in (4, 3, 10):
-        m = KnownLossModel()
+        m = KnownLogitsModel(V)
         got = prepare.evaluate_bpb(m, tok, batch_size=bs)
         assert got == pytest.approx(expected, rel=1e-5)
         assert sum(m.batch_sizes) == 10
     # the default (and the cap) is the profile's EVAL_BATCH_SIZE
     monkeypatch.setattr(prepare, "EVAL_TOKENS", 40 * T)
-    m = KnownLossModel()
+    m = KnownLogitsModel(V)
     prepare.evaluate_bpb(m, tok, batch_size=1000)
     assert max(m.batch_sizes) == prepare.EVAL_BATCH_SIZE == 32 and sum(m.batch_sizes) == 40
-    m = KnownLossModel()
+    # the held-out split (the worker's evaluator scores it on promotion) gives another figure
+    m = KnownLogitsModel(V)
     test_bpb = prepare.evaluate_bpb(m, tok, split="test")
     assert m.batch_sizes[0] == 32 and math.isfinite(test_bpb)
-    # the held-out switch the swarm uses on promotion: EVAL_SPLIT=test scores the test split
-    val_bpb = prepare.evaluate_bpb(KnownLossModel(), tok)
-    assert val_bpb != pytest.approx(test_bpb, rel=1e-9)
-    monkeypatch.setattr(prepare, "EVAL_SPLIT", "test")
-    assert prepare.evaluate_bpb(KnownLossModel(), tok) == pytest.approx(test_bpb, rel=1e-9)
+    assert prepare.evaluate_bpb(KnownLogitsModel(V), tok) != pytest.approx(test_bpb, rel=1e-9)
 
 
-def test_eval_split_env_is_validated(tiny_data):
-    env = {**os.environ, **tiny_data.env, "AUTORESEARCH_EVAL_SPLIT": "train"}
-    r = subprocess.run([sys.executable, "-c", "import prepare"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    assert r.returncode != 0 and "AUTORESEARCH_EVAL_SPLIT must be 'val' or 'test'" in r.stderr
+def test_a_model_that_returns_no_logits_is_refused(prepare_module, monkeypatch):
+    prepare = prepare_module
+    tok = prepare.Tokenizer.from_directory()
+    monkeypatch.setattr(prepare, "EVAL_TOKENS", 2 * prepare.MAX_SEQ_LEN)
+    with pytest.raises(ValueError, match=r"logits of shape \(2, 256\), expected \(2, 256, 2048\)"):
+        prepare.evaluate_bpb(lambda x: mx.zeros(x.shape), tok)     # a per-token "loss", not logits
 
 
 class TinyLM(nn.Module):
@@ -326,11 +332,10 @@ class TinyLM(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
         self.head = nn.Linear(dim, vocab, bias=False)
 
-    def __call__(self, x, y, reduction="mean"):
+    def __call__(self, x, y=None):
         h = self.emb(x)
         logits = self.head(h + self.mlp(h)).astype(mx.float32)
-        loss = nn.losses.cross_entropy(logits, y, reduction="none")
-        return loss if reduction == "none" else loss.mean()
+        return logits if y is None else nn.losses.cross_entropy(logits, y, reduction="none").mean()
 
 
 def test_eval_peak_memory_not_above_training_step(prepare_module, monkeypatch):

@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EVAL_TOKENS = 4096  # smoke-sized eval (AUTORESEARCH_EVAL_TOKENS): 16 rows of 256 tokens
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                 "total_tokens_M", "num_steps", "num_params_M", "depth", "profile"]
-JSON_KEYS = SUMMARY_KEYS + ["seed", "backend", "dtype", "data_fingerprint", "time_budget", "eval_tokens", "eval_split"]
+JSON_KEYS = SUMMARY_KEYS + ["seed", "backend", "dtype", "data_fingerprint", "time_budget", "eval_tokens"]
 STEP_LINE = re.compile(r"^step (\d{5}) \((\d+\.\d)%\) \| loss: (\d+\.\d{6}) \| lrm: (\d+\.\d\d) \| dt: (\d+)ms \| "
                        r"tok/sec: ([\d,]+) \| mfu: (\d+\.\d)% \| epoch: (\d+) \| remaining: (\d+)s$")
 
@@ -85,7 +85,7 @@ def test_tiny_run_learns_and_reports_summary(run_seed0, tiny_data):
     assert math.isfinite(s["val_bpb"]) and 0 < s["val_bpb"] < 10, r
     assert abs(float(r.block["val_bpb"]) - s["val_bpb"]) < 1e-6
     assert s["profile"] == "tiny" and s["seed"] == 0 and s["backend"] == "cpu" and s["dtype"] == "float32"
-    assert s["time_budget"] == 8 and s["eval_tokens"] == EVAL_TOKENS and s["eval_split"] == "val"
+    assert s["time_budget"] == 8 and s["eval_tokens"] == EVAL_TOKENS
     fingerprint = json.loads((tiny_data.cache_dir / "fingerprint.json").read_text())["fingerprint"]
     assert s["data_fingerprint"] == fingerprint
     assert s["num_steps"] == int(r.block["num_steps"]) == r.steps[-1]["step"] + 1
@@ -240,3 +240,42 @@ def test_schedules(train_module):
     assert abs(t.get_lr_multiplier(1.0) - t.FINAL_LR_FRAC) < 1e-9
     assert t.get_muon_momentum(0) == pytest.approx(0.85) and t.get_muon_momentum(10_000) == pytest.approx(0.95)
     assert t.get_weight_decay(0.0) == t.WEIGHT_DECAY and t.get_weight_decay(1.0) == 0.0
+
+
+def test_checkpoint_mode_saves_on_sigterm_and_the_evaluator_scores_it(tiny_data, tmp_path):
+    """Under the worker: --checkpoint saves the model instead of evaluating; SIGTERM (the worker's clock)
+    ends training at the next step, and the model is still saved; evaluate.py then scores it."""
+    import signal
+    import time
+    ck = tmp_path / "ck"
+    env = {**os.environ, **tiny_data.env, "AUTORESEARCH_EVAL_TOKENS": str(EVAL_TOKENS)}
+    proc = subprocess.Popen([sys.executable, "train.py", "--seed", "0", "--time-budget", "3600", "--checkpoint",
+                             str(ck)], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    deadline = time.monotonic() + 600
+    for line in proc.stdout:             # wait for the first step, whatever the machine's speed
+        lines.append(line)
+        if line.startswith("step 00000") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=600)
+    r = Run(subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines) + out, ""))
+    assert r.rc == 0, r
+    assert "val_bpb" not in r.block and r.block["checkpoint"] == str(ck), r
+    assert r.json["val_bpb"] is None and r.json["num_steps"] < 10, r
+    meta = json.loads((ck / "model.json").read_text())
+    assert meta["config"]["n_layer"] == 4 and meta["seed"] == 0 and (ck / "model.safetensors").stat().st_size > 0
+
+    e = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", str(ck), "--result", str(tmp_path / "r.json")],
+                       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert e.returncode == 0, e.stdout + e.stderr
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["split"] == "val" and record["tokens"] == EVAL_TOKENS and 0 < record["bpb"] < 20
+    assert record["probe"]["max_change"] <= record["probe"]["tolerance"]
+    assert f"val_bpb: {record['bpb']:.6f}" in e.stdout
+    # the record is written once: a second evaluation into the same file fails instead of overwriting
+    again = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", str(ck), "--result",
+                            str(tmp_path / "r.json")], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode != 0 and "FileExistsError" in again.stderr

@@ -18,7 +18,7 @@ from worker import TrialSpec, Worker, make_full_bundle
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The research target's files, copied from this checkout into a fresh repository.
-TARGET_FILES = ("prepare.py", "train.py", "target.toml", "program.md")
+TARGET_FILES = ("prepare.py", "train.py", "evaluate.py", "target.toml", "program.md")
 # Seconds of training in the real trial (the smoke run uses target.toml's smoke_budget).
 REAL_BUDGET = 5
 # Validation tokens for the real trial: a tiny eval keeps the test fast.
@@ -57,14 +57,17 @@ def test_real_candidate_trial_lands_in_journal(research, tiny_data, fingerprint,
         train = (path / "train.py").read_text()
         edited, n = re.subn(r"^WARMDOWN_RATIO = [0-9.]+", "WARMDOWN_RATIO = 0.6", train, flags=re.MULTILINE)
         assert n == 1, "train.py has no WARMDOWN_RATIO constant to edit"
+        # (a generous start-up allowance: this test is about the path, not the clock; a loaded machine
+        # must not make it fail)
         spec = candidate(path, base, {"train.py": edited}, seed=1, time_budget=REAL_BUDGET, smoke=True,
-                         candidate_id="cand-1", trial_id="real-trial-1")
+                         candidate_id="cand-1", trial_id="real-trial-1", allowance=900)
         r = w.run_trial(spec)
         assert r.status == "ok", (r.reason, r.log_tail)
         assert math.isfinite(r.val_bpb) and 0 < r.val_bpb < 20
         assert r.metrics["data_fingerprint"] == fingerprint["fingerprint"]
         assert r.metrics["seed"] == 1 and r.metrics["num_steps"] >= 1
-        assert r.timings["smoke"] > 0 and r.timings["train"] > 0
+        assert r.timings["smoke"] > 0 and r.timings["train"] > 0 and r.timings["evaluate"] > 0
+        assert r.metric_source == "evaluator" and r.metrics["eval"]["tokens"] == int(REAL_EVAL_TOKENS)
         assert "val_bpb:" in Path(r.log_path).read_text()
     finally:
         assert w.stop() is True

@@ -34,6 +34,8 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--journal", default=None, help="journal to write events to (path or redis:// URL)")
     p.add_argument("--expect-fingerprint", default=None, help="refuse unless the data fingerprint is this")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra trial environment")
+    p.add_argument("--sandbox", default="auto", choices=("auto", "bwrap", "sandbox-exec", "off"),
+                   help="how the trial is confined (default auto); off is for debugging only")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return p
 
@@ -63,7 +65,7 @@ def run(args) -> int:
     root = src.working_tree_dir
 
     w = Worker(args.name, Path(args.workdir), journal_url=args.journal, campaign=args.campaign,
-               expected_fingerprint=args.expect_fingerprint, env=extra)
+               expected_fingerprint=args.expect_fingerprint, env=extra, sandbox=args.sandbox)
     try:
         # the worker's reference (target.toml, fixed-file hashes, data fingerprint) is the base
         w.load_repo(make_bundle(root, base or commit))
@@ -86,7 +88,8 @@ def run(args) -> int:
     else:
         print(f"status:   {result.status}" + (f" ({result.crash_class})" if result.crash_class else ""))
         if result.val_bpb is not None:
-            print(f"val_bpb:  {result.val_bpb:.6f}")
+            print(f"val_bpb:  {result.val_bpb:.6f} ({result.metric_source})")
+        print(f"sandbox:  {result.sandbox}" + (" (UNCONFINED: debugging only)" if result.sandbox == "off" else ""))
         if result.reason:
             print(f"reason:   {result.reason}")
         if result.status != "ok" and result.log_tail:

@@ -24,20 +24,29 @@ TARGET_FILE = "target.toml"
 DEFAULTS = {
     "name": "autoresearch-mlx",
     "editable": ["train.py"],                      # paths (or glob patterns) a candidate may change
-    "fixed": ["prepare.py"],                       # paths that must be byte-identical to the campaign's
-    "run": "{python} train.py --seed {seed} --time-budget {budget}",
-    "metric": r"^val_bpb:\s*([-+0-9.eE]+|nan|inf)",  # first group = the metric value
+    "fixed": ["prepare.py", "evaluate.py"],        # paths that must be byte-identical to the campaign's
+    "run": "{python} train.py --seed {seed} --time-budget {budget} --checkpoint {checkpoint}",
+    # the fixed evaluator: scores the saved model in a process of its own (None: the metric is
+    # read from the run's own output instead, "self-reported", as for upstream-shaped forks)
+    "evaluate": "{python} evaluate.py --checkpoint {checkpoint} --split {split} --result {result}",
+    "metric": r"^val_bpb:\s*([-+0-9.eE]+|nan|inf)",  # first group = the metric value (self-reported)
     "direction": "minimize",
     "fingerprint": "{python} prepare.py --fingerprint",
     "smoke_budget": 2,                             # seconds of training for the smoke run
     "smoke_env": {"AUTORESEARCH_EVAL_TOKENS": "2048"},
     # Additions beyond CONTRACTS.md (optional keys, same defaults for every target):
     "time_budget": None,       # budget when the fingerprint command does not say (foreign targets)
-    "grace": 120,              # seconds on top of 2 x budget before the hard timeout (startup + eval)
+    "grace": 120,              # seconds of start-up allowed on top of the budget until the worker has
+                               # measured its mainline's start-up (the worker's clock, see worker.py)
+    "data": [],                # further folders a trial may read in the sandbox (e.g. a fork's data cache)
 }
 
+# The run command of a target.toml that names no evaluator (and no run): upstream's own flags.
+SELF_REPORTED_RUN = "{python} train.py --seed {seed} --time-budget {budget}"
+
 # Placeholders a command template may use.
-RUN_FIELDS = {"python", "seed", "budget"}
+RUN_FIELDS = {"python", "seed", "budget", "checkpoint"}
+EVALUATE_FIELDS = {"python", "checkpoint", "split", "result"}
 FINGERPRINT_FIELDS = {"python"}
 
 
@@ -51,6 +60,7 @@ class Target:
     editable: tuple = tuple(DEFAULTS["editable"])
     fixed: tuple = tuple(DEFAULTS["fixed"])
     run: str = DEFAULTS["run"]
+    evaluate: str | None = DEFAULTS["evaluate"]
     metric: str = DEFAULTS["metric"]
     direction: str = DEFAULTS["direction"]
     fingerprint: str = DEFAULTS["fingerprint"]
@@ -58,6 +68,7 @@ class Target:
     smoke_env: dict = field(default_factory=lambda: dict(DEFAULTS["smoke_env"]))
     time_budget: float | None = DEFAULTS["time_budget"]
     grace: float = DEFAULTS["grace"]
+    data: tuple = tuple(DEFAULTS["data"])
 
     # ---- loading -------------------------------------------------------------------------
 
@@ -68,7 +79,13 @@ class Target:
         unknown = sorted(set(d) - known)
         if unknown:
             raise TargetError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        merged = {**DEFAULTS, **d}
+        # a target.toml that names no evaluator reads its metric from the run's output (self-reported):
+        # only this project's own target (no file, or a file that names it) has the fixed evaluator
+        merged = {**DEFAULTS, "evaluate": None, **d}
+        if merged["evaluate"] == "":
+            merged["evaluate"] = None
+        if merged["evaluate"] is None and "run" not in d:
+            merged["run"] = SELF_REPORTED_RUN
 
         def need(key, ok, what):
             if not ok(merged[key]):
@@ -100,13 +117,21 @@ class Target:
             raise TargetError(f"{where}: metric = {merged['metric']!r} is not a regular expression: {e}") from None
         if pattern.groups < 1:
             raise TargetError(f"{where}: metric regex needs one group capturing the value, e.g. '^val_bpb:\\s*(\\S+)'")
+        need("data", lambda v: isinstance(v, list | tuple) and all(isinstance(x, str) and x for x in v),
+             "a list of folders, e.g. [\"~/.cache/autoresearch\"]")
         _check_template(where, "run", merged["run"], RUN_FIELDS)
+        if merged["evaluate"] is not None:
+            _check_template(where, "evaluate", merged["evaluate"], EVALUATE_FIELDS)
+            if "{checkpoint}" not in merged["run"] or "{checkpoint}" not in merged["evaluate"]:
+                raise TargetError(f"{where}: with an evaluate command, run and evaluate must both name "
+                                  "{checkpoint} (the folder the run saves its model to and the evaluator reads)")
         _check_template(where, "fingerprint", merged["fingerprint"], FINGERPRINT_FIELDS)
         return cls(name=merged["name"], editable=tuple(merged["editable"]), fixed=tuple(merged["fixed"]),
-                   run=merged["run"], metric=merged["metric"], direction=merged["direction"],
+                   run=merged["run"], evaluate=merged["evaluate"], metric=merged["metric"],
+                   direction=merged["direction"],
                    fingerprint=merged["fingerprint"], smoke_budget=merged["smoke_budget"],
                    smoke_env=dict(merged["smoke_env"]), time_budget=merged["time_budget"],
-                   grace=merged["grace"])
+                   grace=merged["grace"], data=tuple(merged["data"]))
 
     @classmethod
     def from_toml(cls, text: str, where: str = TARGET_FILE) -> "Target":
@@ -129,8 +154,16 @@ class Target:
     def is_editable(self, path: str) -> bool:
         return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.editable)
 
-    def run_command(self, seed: int, budget: float, python: str = sys.executable) -> list[str]:
-        return _render(self.run, python=python, seed=int(seed), budget=fmt_seconds(budget))
+    def run_command(self, seed: int, budget: float, python: str = sys.executable, checkpoint: str = "") -> list[str]:
+        return _render(self.run, python=python, seed=int(seed), budget=fmt_seconds(budget), checkpoint=checkpoint)
+
+    def evaluate_command(self, checkpoint: str, split: str, result: str, python: str = sys.executable) -> list[str]:
+        return _render(self.evaluate, python=python, checkpoint=checkpoint, split=split, result=result)
+
+    @property
+    def self_reported(self) -> bool:
+        """True when the metric comes from the run's own output (no fixed evaluator)."""
+        return self.evaluate is None
 
     def fingerprint_command(self, python: str = sys.executable) -> list[str]:
         return _render(self.fingerprint, python=python)

@@ -9,8 +9,10 @@ Python (tests, `swarm trial`) and inside a Ray actor (worker/actor.py).
 
 import json
 import math
+import os
 import queue
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,10 +21,11 @@ import traceback
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from . import hardware
-from .classify import Classified, classify, tail
+from . import hardware, trial
+from .classify import Classified, tail
 from .repo import BUNDLE_SIGNATURE, CandidateError, WorkerRepo, branch_name
-from .runner import Process, clean_env
+from .runner import clean_env
+from .sandbox import SandboxError, resolve_mode
 from .target import Target, TargetError, fmt_seconds
 from .validate import validate
 
@@ -42,6 +45,12 @@ JOURNAL_RETRY_MAX = 30.0
 JOURNAL_TRIES = 8
 # Trial kinds (CONTRACTS.md).
 KINDS = ("baseline", "candidate", "retest", "heldout")
+# The worker's clock: a run may take budget + allowance seconds of wall time, where the allowance is
+# ALLOWANCE_FACTOR x the slowest start-up (wall time - budget) of the last STARTUPS_KEPT ok mainline
+# (baseline) runs of the track on this worker, + ALLOWANCE_SLACK. Until one is measured: target.grace.
+ALLOWANCE_FACTOR = 1.5
+ALLOWANCE_SLACK = 15.0
+STARTUPS_KEPT = 8
 
 
 @dataclass
@@ -56,8 +65,8 @@ class TrialSpec:
     time_budget: float | None = None   # None: the profile's budget
     smoke: bool = True                 # short smoke run before the real one
     track: str | None = None           # when given, must be this worker's track
-    env: dict = field(default_factory=dict)  # AUTORESEARCH_* settings of this trial only, e.g.
-                                       # AUTORESEARCH_EVAL_SPLIT=test for the held-out evaluation
+    env: dict = field(default_factory=dict)  # AUTORESEARCH_* settings of this trial only
+    allowance: float | None = None     # start-up seconds allowed on top of the budget (None: measured)
 
     @classmethod
     def coerce(cls, spec) -> "TrialSpec":
@@ -82,7 +91,9 @@ class TrialResult:
     metrics: dict = field(default_factory=dict)
     log_tail: str = ""
     log_path: str | None = None
-    timings: dict = field(default_factory=dict)   # seconds: git, validate, smoke, train, journal, total
+    timings: dict = field(default_factory=dict)   # seconds: git, validate, smoke, train, evaluate, journal, total
+    sandbox: str | None = None         # how its processes were confined: bwrap | sandbox-exec | off
+    metric_source: str | None = None   # evaluator | self-reported (the run's own output)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,11 +101,12 @@ class TrialResult:
 
 class Worker:
     """See CONTRACTS.md. Extra keyword arguments: target (a Target instead of the repo's
-    target.toml), python (the trial's interpreter), heartbeat_s, progress_s."""
+    target.toml), python (the trial's interpreter), heartbeat_s, progress_s, sandbox (auto | bwrap |
+    sandbox-exec | off; off is for debugging only and is journaled on every trial)."""
 
     def __init__(self, name, workdir, journal_url=None, campaign="default", expected_fingerprint=None,
                  fixed_hashes=None, env=None, *, target: Target | None = None, python: str | None = None,
-                 heartbeat_s: float = HEARTBEAT_S, progress_s: float = PROGRESS_S):
+                 heartbeat_s: float = HEARTBEAT_S, progress_s: float = PROGRESS_S, sandbox: str = "auto"):
         self.name = name
         self.campaign = campaign
         self.workdir = Path(workdir).expanduser().resolve()
@@ -107,6 +119,15 @@ class Worker:
         self.progress_s = progress_s
         self._given_target = target
         self.repo = WorkerRepo(self.workdir / "repo", branch_name(campaign, name))
+        self.scratch = self.workdir / "scratch"
+        try:
+            self.sandbox, self.sandbox_problem = resolve_mode(sandbox), None
+        except SandboxError as e:
+            self.sandbox, self.sandbox_problem = sandbox, str(e)
+        # the journal file (an embedded journal) is never visible to a trial
+        self.hidden = (Path(journal_url).expanduser().resolve(),) if journal_url and "://" not in journal_url else ()
+        self.clock_path = self.workdir / "clock.json"
+        self.startups = _read_json(self.clock_path) or {}    # track -> start-up seconds of mainline runs
 
         self.hardware_class, self.hardware = hardware.detect(self.python, clean_env(self.env_extra))
 
@@ -200,7 +221,8 @@ class Worker:
                 "data_fingerprint": self.fingerprint.get("fingerprint"),
                 "profile": self.fingerprint.get("profile"),
                 "time_budget": self.fingerprint.get("time_budget"),
-                "track": self.track(), "problem": self.problem, "target": self.target.name,
+                "track": self.track(), "problem": self.sandbox_problem or self.problem, "target": self.target.name,
+                "sandbox": self.sandbox, "metric_source": "self-reported" if self.target.self_reported else "evaluator",
                 "branch": self.repo.branch, "busy": self._trial_lock.locked()}
 
     def heartbeat(self) -> dict:
@@ -229,7 +251,7 @@ class Worker:
     def _run_trial(self, spec: TrialSpec) -> TrialResult:
         t0 = time.monotonic()
         self._abort.clear()
-        timings = {"git": 0.0, "validate": 0.0, "smoke": 0.0, "train": 0.0, "journal": 0.0}
+        timings = {"git": 0.0, "validate": 0.0, "smoke": 0.0, "train": 0.0, "evaluate": 0.0, "journal": 0.0}
         self._set_state(trial_id=spec.trial_id, phase="starting", step=None, progress=None,
                         loss=None, tok_per_s=None, seconds_left=None)
         budget = spec.time_budget or self.fingerprint.get("time_budget")
@@ -253,6 +275,8 @@ class Worker:
                              f"{' (' + result.crash_class + ')' if result.crash_class else ''}"
                              f"{': ' + result.reason if result.reason else ''}\n")
         result.timings = timings
+        result.sandbox = self.sandbox
+        result.metric_source = "self-reported" if self.target.self_reported else "evaluator"
         timings["total"] = time.monotonic() - t0
         finished = {**common, **{k: v for k, v in result.to_dict().items() if k not in common},
                     "timings": dict(timings)}
@@ -266,8 +290,8 @@ class Worker:
             return self._result(spec, "invalid", "invalid", reason, log_path, **kw)
 
         # -- who we are: refuse before touching anything when the data is not the campaign's
-        if self.problem:
-            return invalid(self.problem)
+        if self.sandbox_problem or self.problem:
+            return invalid(self.sandbox_problem or self.problem)
         if spec.kind not in KINDS:
             return invalid(f"unknown trial kind {spec.kind!r} (one of {', '.join(KINDS)})")
         if not budget or not (isinstance(budget, int | float) and budget > 0 and math.isfinite(budget)):
@@ -314,13 +338,16 @@ class Worker:
             header += f"# applied as a patch: {spec.commit} is {sha} here\n"
 
         # -- smoke run: a few steps, tiny eval; a failure makes the candidate invalid
+        allowance, allowance_from = self._allowance(spec, mine)
+        timings["allowance"] = allowance
         if spec.smoke:
             t = time.monotonic()
             self._set_state(phase="smoke")
             smoke_log = log_path.with_name(log_path.stem + ".smoke.log")
             _write_log(log_path, f"# smoke run: {smoke_log}\n")
-            got = self._run(spec.seed, self.target.smoke_budget, smoke_log, header,
-                            extra_env=self.target.smoke_env, check_budget=False)
+            _write_log(smoke_log, header, mode="w")
+            got = self._run(spec, self.target.smoke_budget, allowance, smoke_log,
+                            extra_env=self.target.smoke_env).got
             timings["smoke"] += time.monotonic() - t
             if got.status == "aborted":
                 return self._from(spec, got, smoke_log)
@@ -328,12 +355,17 @@ class Worker:
                 return invalid(f"smoke run failed ({got.crash_class}): {got.reason}",
                                log_tail=got.log_tail, path=smoke_log)
 
-        # -- the trial itself
-        t = time.monotonic()
+        # -- the trial itself: training under the worker's clock, then the fixed evaluator
         self._set_state(phase="train")
-        got = self._run(spec.seed, budget, log_path, header, extra_env=spec.env,
+        _write_log(log_path, header + f"# start-up allowance: {allowance:.0f}s ({allowance_from})\n")
+        ran = self._run(spec, budget, allowance, log_path, extra_env=spec.env,
+                        split="test" if spec.kind == "heldout" else "val",
                         on_progress=self._progress_reporter(spec))
-        timings["train"] += time.monotonic() - t
+        timings["train"] += ran.train_seconds
+        timings["evaluate"] += ran.eval_seconds
+        got = ran.got
+        if got.status == "ok" and spec.kind == "baseline":
+            self._measured_startup(mine, ran.train_seconds - budget)
         data_fp = got.metrics.get("data_fingerprint") if got.metrics else None
         if got.status == "ok" and data_fp and data_fp != self.fingerprint.get("fingerprint"):
             got = Classified("invalid", "invalid", f"the run used data {str(data_fp)[:12]}, not this worker's "
@@ -341,25 +373,43 @@ class Worker:
                              got.value, got.metrics, got.log_tail)
         return self._from(spec, got, log_path)
 
-    def _run(self, seed, budget, log_path, header, extra_env=None, on_progress=None,
-             check_budget=True) -> Classified:
-        """One process of the target's command; classified. Honors abort() at any moment."""
+    def _run(self, spec, budget, allowance, log_path, split="val", extra_env=None, on_progress=None) -> trial.Run:
+        """Training and evaluation of the checked-out commit (worker/trial.py). Honors abort() at any moment."""
         if self._abort.is_set():
-            return Classified("aborted", None, "aborted by request")
-        cmd = self.target.run_command(seed, budget, self.python)
-        env = clean_env({**self.env_extra, **(extra_env or {})})
-        timeout = 2 * budget + self.target.grace
-        _write_log(log_path, header + f"# env: {' '.join(sorted(env))}\n# hard timeout: {timeout:g}s\n")
-        proc = Process(cmd, self.repo.path, env, log_path, timeout, on_progress, append=True)
+            return trial.Run(Classified("aborted", None, "aborted by request"))
+        setup = trial.Setup(self.target, self.python, self.repo.path, self.env_extra, self.sandbox,
+                            data_dirs=tuple(self.fingerprint.get("data_dirs") or ()),
+                            eval_files=dict(self.fingerprint.get("eval_files") or {}), hidden=self.hidden)
+        scratch = self.scratch / _safe(spec.trial_id)
+
+        def started(proc):
+            self._process = proc
+            if self._abort.is_set():      # abort() came between the check above and start()
+                proc.kill("aborted")
         try:
-            proc.start()
-        except OSError as e:
-            return Classified("crash", "exception", f"could not start {' '.join(cmd)}: {e}",
-                              log_tail=f"could not start: {e}")
-        self._process = proc
-        if self._abort.is_set():      # abort() came between the check above and start()
-            proc.kill("aborted")
-        return classify(proc.wait(), self.target, budget, check_budget)
+            return trial.run(setup, spec.seed, budget, allowance, scratch, log_path, "", split=split,
+                             extra_env=extra_env, on_progress=on_progress, on_process=started)
+        finally:
+            self._process = None
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    # ---- the clock ---------------------------------------------------------------------------
+
+    def _allowance(self, spec: TrialSpec, track) -> tuple[float, str]:
+        """Start-up seconds a run of this track may take on top of its budget, and where it comes from."""
+        if spec.allowance:
+            return float(spec.allowance), "given by the coordinator"
+        measured = self.startups.get(track or "", [])
+        if measured:
+            return (ALLOWANCE_FACTOR * max(measured) + ALLOWANCE_SLACK,
+                    f"{ALLOWANCE_FACTOR:g} x the slowest of {len(measured)} mainline start-ups + {ALLOWANCE_SLACK:g}s")
+        return float(self.target.grace), "no mainline start-up measured yet: target grace"
+
+    def _measured_startup(self, track, seconds: float):
+        kept = self.startups.setdefault(track or "", [])
+        kept.append(round(max(0.0, seconds), 2))
+        del kept[:-STARTUPS_KEPT]
+        _atomic_json(self.clock_path, self.startups)
 
     def _progress_reporter(self, spec: TrialSpec):
         last = [0.0]
@@ -505,6 +555,20 @@ class _JournalWriter:
 
 def _safe(trial_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", str(trial_id))[:120] or "trial"
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _atomic_json(path, obj):
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
 
 
 def _write_log(path, text: str, mode: str = "a"):
