@@ -359,8 +359,29 @@ def _home(env: dict) -> Path:
 
 
 if __name__ == "__main__":
-    # `python -m worker.sandbox [python]`: the mode here and the bwrap argv of a typical policy
+    # `python -m worker.sandbox [python]`: the mode here, the command line of a typical policy,
+    # and the start-up cost (median of RUNS `python -c pass`, plain and sandboxed).
+    import statistics
+    import tempfile
+    import time
+
+    RUNS = 20
     mode = resolve_mode("auto")
-    py = sys.argv[1] if len(sys.argv) > 1 else sys.executable
-    pol = Policy(cwd=Path.cwd(), read_only=python_paths(py), writable=(Path("/tmp"),))
-    print(mode, *wrap([py, "-c", "pass"], pol, mode, dict(os.environ))[0])
+    py = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else sys.executable)
+    with tempfile.TemporaryDirectory() as scratch:
+        pol = Policy(cwd=Path.cwd(), read_only=python_paths(py), writable=(Path(scratch),))
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+        argv, wenv = wrap([py, "-c", "pass"], pol, mode, env)
+        print("mode:", mode, "\nargv:", " ".join(argv))
+
+        def median_s(cmd, e):
+            times = []
+            for _ in range(RUNS):
+                t = time.perf_counter()
+                subprocess.run(cmd, env=e, check=True)
+                times.append(time.perf_counter() - t)
+            return statistics.median(times)
+
+        plain, boxed = median_s([py, "-c", "pass"], env), median_s(argv, wenv)
+        print(f"python -c pass: {plain * 1000:.1f} ms plain, {boxed * 1000:.1f} ms sandboxed "
+              f"(+{(boxed - plain) * 1000:.1f} ms, median of {RUNS})")
