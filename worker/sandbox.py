@@ -252,7 +252,7 @@ def bwrap_argv(cmd: list, policy: Policy, env: dict, bwrap: str = "bwrap", env_b
         for h in visible:
             args += ["--ro-bind", str(stand_in["dir" if h.is_dir() else "file"]), str(h)]
     for m in sorted(masks, key=lambda p: (len(p.parts), str(p))):
-        if m != Path("/tmp"):
+        if m != Path("/tmp") and m not in rw:      # /tmp, and a scratch bound right on a mask, stay writable
             args += ["--remount-ro", str(m)]
     args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if not policy.network:
@@ -270,10 +270,14 @@ def _placeholders() -> dict:
     base = Path(os.path.expanduser(str(PLACEHOLDER_DIR)))
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
     stand_in = {"file": base / "hidden-file", "dir": base / "hidden-dir"}
-    if not stand_in["dir"].is_dir():
+    try:
         stand_in["dir"].mkdir(mode=0o000)
-    if not stand_in["file"].is_file():
-        os.close(os.open(stand_in["file"], os.O_CREAT | os.O_WRONLY, 0o000))
+    except FileExistsError:         # made before (or by another worker just now)
+        pass
+    try:                            # O_EXCL: a non-root owner cannot open a mode-000 file again
+        os.close(os.open(stand_in["file"], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o000))
+    except FileExistsError:
+        pass
     for p in stand_in.values():
         os.chmod(p, 0o000)
     return stand_in
