@@ -88,7 +88,7 @@ class Policy:
 
 
 def resolve_mode(mode: str) -> str:
-    """"auto" -> the platform's sandbox; checks that it is installed and works (SandboxError)."""
+    """The mode to run trials in ("auto": the platform's sandbox), checked to be installed and working."""
     if mode not in MODES:
         raise SandboxError(f"unknown sandbox mode {mode!r}: use one of {', '.join(MODES)}")
     if mode == "auto":
@@ -119,7 +119,7 @@ def _env_binary() -> str:
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise SandboxError(f"{env} cannot set signal dispositions ({r.stderr.strip()}): the sandbox "
-                           "needs GNU coreutils >= 8.31 (Debian >= 11, Ubuntu >= 20.04) so that a "
+                           "needs GNU coreutils >= 8.31 (Debian >= 11, Ubuntu >= 22.04) so that a "
                            f"trial can handle SIGTERM; {RUN_WITHOUT}")
     return env
 
