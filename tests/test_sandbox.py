@@ -352,7 +352,7 @@ time.sleep(600)
         assert saved.read_text() == "checkpoint"
     finally:
         proc.kill()
-    # without a handler SIGTERM ends it; bwrap reports that as 128 + 15
+    # without a handler SIGTERM ends it; bwrap reports that as 128 + 15, returncode() as -15
     ready.unlink()
     argv, env = wrap([PY, "-c", f"import time; open({str(ready)!r}, 'w').close(); time.sleep(600)"],
                      box.policy, mode, box.env)
@@ -361,6 +361,7 @@ time.sleep(600)
         _wait_for(ready.exists, "the trial to start")
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(DEADLINE_S) == 128 + signal.SIGTERM
+        assert sandbox.returncode(proc.returncode, mode) == -signal.SIGTERM    # what classify reads
     finally:
         proc.kill()
 
@@ -384,6 +385,7 @@ def test_missing_bwrap_says_what_to_install(box, tmp_path, monkeypatch):
     with pytest.raises(SandboxError, match="install bubblewrap"):
         wrap(["true"], box.policy, "bwrap", box.env)
     assert wrap(["true", "x"], box.policy, "off", box.env) == (["true", "x"], box.env)
+    assert sandbox.returncode(137, "off") == 137 and sandbox.returncode(137, "bwrap") == -9
 
 
 def test_unusable_bwrap_names_the_kernel_setting(tmp_path, monkeypatch):

@@ -218,6 +218,15 @@ def wrap(cmd: list, policy: Policy, mode: str, env: dict) -> tuple:
     raise SandboxError(f"unknown sandbox mode {mode!r}: use one of {', '.join(MODES)}")
 
 
+def returncode(rc: int, mode: str) -> int:
+    """The trial's status in the subprocess convention (-N: killed by signal N). bwrap reports a
+    command killed by signal N as exit status 128 + N; a trial that exits with 128 + N itself
+    reads the same."""
+    if mode == "bwrap" and rc is not None and 128 < rc < 128 + 65:
+        return -(rc - 128)
+    return rc
+
+
 def bwrap_argv(cmd: list, policy: Policy, env: dict, bwrap: str = "bwrap", env_bin: str = "env") -> list:
     """The bubblewrap command line for `policy` (mounts in an order where nested paths work)."""
     homes = {_home(env), Path.home(), Path(pwd.getpwuid(os.getuid()).pw_dir)}
