@@ -28,6 +28,7 @@ gets the default back (`env --default-signal=TERM`). bwrap then exits with the t
     policy = Policy(cwd=clone, read_only=python_paths(venv_python) + (data_dir,),
                     hidden=(val_shard, test_shard, journal_file), writable=(scratch,))
     argv, env = wrap(cmd, policy, mode, env)          # then Popen(argv, env=env, start_new_session=True)
+    rc = returncode(proc.returncode, mode)            # bwrap's 128+N back to -N (killed by signal N)
 """
 
 import functools
