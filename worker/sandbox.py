@@ -113,11 +113,11 @@ def resolve_mode(mode: str) -> str:
     return mode
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _env_binary() -> str:
     env = shutil.which("env") or "/usr/bin/env"
     r = subprocess.run([env, "--ignore-signal=TERM", "--default-signal=TERM", "true"],
-                       capture_output=True, text=True)
+                       check=False, capture_output=True, text=True)
     if r.returncode != 0:
         raise SandboxError(f"{env} cannot set signal dispositions ({r.stderr.strip()}): the sandbox "
                            "needs GNU coreutils >= 8.31 (Debian >= 11, Ubuntu >= 22.04) so that a "
@@ -125,12 +125,12 @@ def _env_binary() -> str:
     return env
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe_bwrap(bwrap: str, env: str):
     """Run a trivial sandbox once per process; bwrap's own words plus the settings to check."""
     cmd = [env, "--ignore-signal=TERM", bwrap, *PROBE, "--", env, "--default-signal=TERM", "true"]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT)
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=PROBE_TIMEOUT)
         err, ok = r.stderr.strip(), r.returncode == 0
     except (OSError, subprocess.TimeoutExpired) as e:
         err, ok = str(e), False
@@ -144,10 +144,10 @@ def _probe_bwrap(bwrap: str, env: str):
             f"seccomp profile that permits clone/unshare),\n  {RUN_WITHOUT}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe_sandbox_exec(exe: str):
     r = subprocess.run([exe, "-p", "(version 1)(allow default)", "/usr/bin/true"],
-                       capture_output=True, text=True)
+                       check=False, capture_output=True, text=True)
     if r.returncode != 0:
         raise SandboxError(f"sandbox-exec cannot run a trivial profile: {r.stderr.strip()}; {RUN_WITHOUT}")
 
@@ -167,7 +167,7 @@ print(json.dumps(paths))
 """
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def python_paths(python: str) -> tuple:
     """What `python` (a venv's interpreter) needs to read: prefixes, its real executable's folder,
     site-packages and its import path (editable installs included). Existing paths only, and
@@ -175,7 +175,7 @@ def python_paths(python: str) -> tuple:
     import json
 
     exe = os.path.abspath(shutil.which(python) or python)
-    r = subprocess.run([exe, "-E", "-c", _PATHS_SCRIPT], capture_output=True, text=True, cwd="/")
+    r = subprocess.run([exe, "-E", "-c", _PATHS_SCRIPT], check=False, capture_output=True, text=True, cwd="/")
     if r.returncode != 0:
         raise SandboxError(f"cannot ask {python} for its paths: {r.stderr.strip() or r.returncode}")
     found = {Path(os.path.abspath(p)) for p in json.loads(r.stdout)}
