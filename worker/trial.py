@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .classify import Classified, classify, tail
 from .runner import Outcome, Process, clean_env
-from .sandbox import Policy, python_paths, wrap
+from .sandbox import Policy, python_paths, returncode, wrap
 from .target import Target
 
 # The evaluator's hard timeout: the larger of this and EVAL_TIMEOUT_FACTOR x the training budget.
@@ -146,7 +146,9 @@ def _process(setup, cmd, env, policy, log_path, header, timeout, on_progress, on
                        text=f"could not start {' '.join(argv)}: {e}")
     if on_process is not None:
         on_process(proc)
-    return proc.wait()
+    outcome = proc.wait()
+    outcome.returncode = returncode(outcome.returncode, setup.sandbox)    # bwrap: 128 + N for signal N
+    return outcome
 
 
 def _all_files(eval_files: dict) -> list:

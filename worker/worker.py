@@ -124,8 +124,9 @@ class Worker:
             self.sandbox, self.sandbox_problem = resolve_mode(sandbox), None
         except SandboxError as e:
             self.sandbox, self.sandbox_problem = sandbox, str(e)
-        # the journal file (an embedded journal) is never visible to a trial
-        self.hidden = (Path(journal_url).expanduser().resolve(),) if journal_url and "://" not in journal_url else ()
+        # the journal file of an embedded journal (and SQLite's companions) is never visible to a trial
+        db = Path(journal_url).expanduser().resolve() if journal_url and "://" not in journal_url else None
+        self.hidden = (db, Path(f"{db}-wal"), Path(f"{db}-shm")) if db else ()
         self.clock_path = self.workdir / "clock.json"
         self.startups = _read_json(self.clock_path) or {}    # track -> start-up seconds of mainline runs
 
