@@ -83,21 +83,21 @@ def agent_git_env() -> dict:
     return env
 
 
-def clean_clone(path, identity: dict):
+def clean_clone(path, identity: dict, kept: dict | None = None) -> dict:
     """Make the clone at `path` (one the swarm owns, never the user's repository) hold nothing
     git would run or follow: empty hooks, a config of CLONE_KEYS plus `identity`
-    ({"user.name": ..., "user.email": ...}), no redirecting files. ValueError when .git is not a
+    ({"user.name": ..., "user.email": ...}), no redirecting files. `kept`: the CLONE_KEYS values a
+    previous call returned (saves reading the config again). ValueError when .git is not a
     plain folder (replaced by a file or link: the clone cannot be trusted and must be rebuilt)."""
     gd = Path(path) / ".git"
     if gd.is_symlink() or not gd.is_dir():
         raise ValueError(f"{gd} is not a plain folder (replaced by a file or a link)")
     hooks = gd / "hooks"
-    if hooks.is_symlink() or hooks.exists():
-        if hooks.is_symlink() or not hooks.is_dir():
-            hooks.unlink()
-        else:
-            shutil.rmtree(hooks)
-    hooks.mkdir()
+    if hooks.is_symlink() or (hooks.exists() and not hooks.is_dir()):
+        hooks.unlink()
+    elif hooks.is_dir() and any(hooks.iterdir()):
+        shutil.rmtree(hooks)
+    hooks.mkdir(exist_ok=True)
     for rel in REDIRECTS:
         f = gd / rel
         if f.is_symlink() or f.is_file():
@@ -105,18 +105,18 @@ def clean_clone(path, identity: dict):
         elif f.is_dir():
             shutil.rmtree(f)
     config = gd / "config"
-    p = subprocess.run(["git", "config", "--file", str(config), "--null", "--list"],
-                       capture_output=True, text=True)   # --file: includes are not followed
-    kept = {}
-    for item in p.stdout.split("\0"):
-        key, _, value = item.partition("\n")
-        if key in CLONE_KEYS and PLAIN_VALUE.match(value):
-            kept[key] = value
-    kept.setdefault("core.repositoryformatversion", "0")
-    kept["core.bare"] = "false"
-    kept.update(identity)
+    if kept is None:
+        p = subprocess.run(["git", "config", "--file", str(config), "--null", "--list"],
+                           capture_output=True, text=True)   # --file: includes are not followed
+        kept = {}
+        for item in p.stdout.split("\0"):
+            key, _, value = item.partition("\n")
+            if key in CLONE_KEYS and PLAIN_VALUE.match(value):
+                kept[key] = value
+        kept.setdefault("core.repositoryformatversion", "0")
+        kept["core.bare"] = "false"
     sections: dict[str, list[str]] = {}
-    for key, value in kept.items():
+    for key, value in {**kept, **identity}.items():
         section, name = key.rsplit(".", 1)
         sections.setdefault(section, []).append(f"\t{name} = {_quote(value)}\n")
     text = "".join(f"[{s}]\n" + "".join(lines) for s, lines in sections.items())
@@ -124,6 +124,7 @@ def clean_clone(path, identity: dict):
         config.unlink()
     if not config.exists() or config.read_text(errors="replace") != text:
         config.write_text(text)
+    return kept
 
 
 def _quote(value: str) -> str:

@@ -108,15 +108,15 @@ class WorkerRepo:
         self.path = Path(path)
         self.branch = branch
         self.repo = protect(git.Repo(self.path)) if (self.path / ".git").is_dir() else None
+        self._config = None      # the clone's own config values, once read (safety.gitsafe.clean_clone)
 
     def _clean(self):
         """Before the worker uses its clone: nothing a trial planted in .git can run or redirect git."""
         try:
-            clean_clone(self.path, IDENTITY)
+            self._config = clean_clone(self.path, IDENTITY, self._config)
         except ValueError as e:
             raise CandidateError(f"the worker's clone was tampered with: {e}; delete {self.path} "
                                  "and load the repository again") from None
-        protect(self.repo)
 
     @property
     def loaded(self) -> bool:
@@ -138,10 +138,10 @@ class WorkerRepo:
         if gd.is_symlink() or (gd.exists() and not gd.is_dir()):
             self.close()                 # a trial replaced .git: the clone is rebuilt from the bundle
             shutil.rmtree(self.path)
-            self.repo = None
+            self.repo = self._config = None
         if self.repo is None:
             self.path.mkdir(parents=True, exist_ok=True)
-            self.repo = git.Repo.init(self.path)
+            self.repo = protect(git.Repo.init(self.path))
         self._clean()
         self._fetch(bundle, [(ref, SOURCE + _strip_refs(ref)) for _, ref in refs])
         head = dict((ref, sha) for sha, ref in refs).get("HEAD", refs[0][0])
