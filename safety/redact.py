@@ -1,9 +1,9 @@
 """Secrets: which variables and values are secret, and their redaction.
 
 One rule for the whole swarm: a trial's environment drops what is_secret() says
-(worker/runner.py), a worker process drops it from its own environment at start,
-the coordinator journals its config through redact(), every reader of the journal
-shows events through redact() (so journals written before this rule print no
+(worker/runner.py), a worker process drops it from its own environment at start
+(scrub_environ()), the journal stores and hands out config-carrying events through
+redact() (journal/backend.py: so journals written before this rule print no
 password either), and an agent command gets an environment without the swarm's
 own credentials (agent_env()).
 """
