@@ -23,7 +23,6 @@ them itself: "usage_emitted": true).
 from __future__ import annotations
 
 import logging
-import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any, Callable, Mapping
 from agents.base import AgentError, Hypothesis, ImplementationError, ResearchContext
 from agents.factory import AgentSet, make_agents
 from agents.tools import editable_files, resolve_editable
+from safety.gitsafe import run_git
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,9 @@ def _files_workspace(root: Path, files: Mapping[str, str]) -> Path:
             raise AgentError(f"file path {rel!r} leaves the workspace", kind="config")
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text, encoding="utf-8")
-    git = ["git", "-c", "user.name=swarm-agent", "-c", "user.email=agent@swarm.invalid"]
+    who = ["-c", "user.name=swarm-agent", "-c", "user.email=agent@swarm.invalid"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "--allow-empty", "-m", "mainline"]):
-        subprocess.run(git + args, cwd=root, check=True, capture_output=True)
+        run_git(who + args, root, check=True, capture_output=True)
     return root
 
 

@@ -16,6 +16,10 @@ CommandProposer runs the same command in a scratch copy of the mainline's
 files with a prompt asking for hypotheses as JSON in SWARM_OUTPUT_FILE; they
 are checked and deduplicated like the Anthropic proposer's.
 
+The command's environment is the coordinator's without the swarm's own
+credentials (SWARM_JOURNAL, Redis, the Ray token, any URL with a password):
+its own login (ANTHROPIC_API_KEY for `claude -p`, OPENAI_API_KEY, ...) stays.
+
 Examples of commands (non-interactive modes; the command is split like a shell
 would, but not run by one):
     claude -p --permission-mode acceptEdits      Claude Code, the prompt on stdin
@@ -40,6 +44,8 @@ from agents import prompts
 from agents.base import AgentError, settings_from_dict
 from agents.base import Hypothesis, ImplementationError, Implementer, Proposer, ResearchContext
 from agents.tools import is_editable, resolve_editable
+from safety.gitsafe import agent_git_env, run_git
+from safety.redact import agent_env
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +95,14 @@ def _env_prompt(prompt: str) -> str:
     if len(prompt) <= ENV_PROMPT_MAX:
         return prompt
     return "(the prompt is too long for the environment: read the file named by SWARM_PROMPT_FILE)"
+
+
+def command_env(extra: Mapping[str, Any], **job: str) -> dict:
+    """The command's environment: this process's plus the configured `extra`, without the swarm's
+    own credentials (the journal URL, Redis, the Ray token: safety.redact.agent_env; the command's
+    own API key stays), git set to run no hooks, then the job's SWARM_* variables."""
+    env = agent_env({**os.environ, **{str(k): str(v) for k, v in extra.items()}})
+    return {**env, **agent_git_env(), **job}
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -156,7 +170,7 @@ def run_command(argv: list[str], cwd: Path, prompt: str, env: Mapping[str, str],
 
 
 def _git(ws: Path, *args: str, check: bool = True) -> str:
-    r = subprocess.run(["git", "-c", "core.quotepath=off", *args], cwd=ws, capture_output=True, text=True)
+    r = run_git(["-c", "core.quotepath=off", *args], ws, capture_output=True, text=True)
     if check and r.returncode != 0:
         raise AgentError(f"git {' '.join(args)} failed in {ws}: {r.stderr.strip()[:500]}", kind="config")
     return r.stdout
@@ -211,10 +225,9 @@ class CommandImplementer(Implementer):
         with tempfile.TemporaryDirectory(prefix="swarm-agent-") as tmp:
             prompt_file = Path(tmp) / "prompt.md"
             prompt_file.write_text(prompt, encoding="utf-8")
-            env = {**os.environ, **{k: str(v) for k, v in self.config.env.items()},
-                   "SWARM_PROMPT": _env_prompt(prompt), "SWARM_PROMPT_FILE": str(prompt_file),
-                   "SWARM_EDITABLE": " ".join(editable), "SWARM_HYPOTHESIS_ID": h.hypothesis_id,
-                   "SWARM_WORKSPACE": str(ws)}
+            env = command_env(self.config.env, SWARM_PROMPT=_env_prompt(prompt),
+                              SWARM_PROMPT_FILE=str(prompt_file), SWARM_EDITABLE=" ".join(editable),
+                              SWARM_HYPOTHESIS_ID=h.hypothesis_id, SWARM_WORKSPACE=str(ws))
             argv = self.config.argv(prompt, str(prompt_file))
             log.info("%s: running %s on %r", self.name, argv[0], h.title)
             result = run_command(argv, ws, prompt, env, self.config.timeout_s)
@@ -313,9 +326,9 @@ class CommandProposer(Proposer):
             prompt = prompts.command_propose_prompt(ctx, n, str(output))
             prompt_file = Path(tmp) / "prompt.md"
             prompt_file.write_text(prompt, encoding="utf-8")
-            env = {**os.environ, **{k: str(v) for k, v in self.config.env.items()},
-                   "SWARM_PROMPT": _env_prompt(prompt), "SWARM_PROMPT_FILE": str(prompt_file),
-                   "SWARM_OUTPUT_FILE": str(output), "SWARM_WORKSPACE": str(scratch)}
+            env = command_env(self.config.env, SWARM_PROMPT=_env_prompt(prompt),
+                              SWARM_PROMPT_FILE=str(prompt_file), SWARM_OUTPUT_FILE=str(output),
+                              SWARM_WORKSPACE=str(scratch))
             result = run_command(self.config.argv(prompt, str(prompt_file)), scratch, prompt, env,
                                  self.config.timeout_s)
             if result.timed_out:

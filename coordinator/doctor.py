@@ -150,8 +150,9 @@ def _sha256(path: Path) -> str | None:
 
 def check_git(repo=REPO_ROOT, campaign_hashes: dict | None = None):
     """A git repository; the target's files committed and clean; fixed files as the campaign has them."""
+    from safety.gitsafe import run_git
     repo = Path(repo)
-    p = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=repo, capture_output=True, text=True)
+    p = run_git(["rev-parse", "--show-toplevel"], repo, capture_output=True, text=True)
     if p.returncode != 0:
         return False, f"{repo} is not a git repository", \
             f"`git init && git add -A && git commit -m start` in {repo} (the swarm keeps every trial as a commit)"
@@ -165,11 +166,11 @@ def check_git(repo=REPO_ROOT, campaign_hashes: dict | None = None):
     if missing:
         return False, f"{', '.join(missing)} missing in {repo}", \
             "point --repo at the research repository (train.py, prepare.py, target.toml)"
-    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True, text=True)
+    head = run_git(["rev-parse", "--short=12", "HEAD"], repo, capture_output=True, text=True)
     if head.returncode != 0:
         return False, f"{repo} has no commit yet", "`git add -A && git commit -m start`"
-    st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *files], cwd=repo,
-                        capture_output=True, text=True)
+    st = run_git(["status", "--porcelain", "--untracked-files=all", "--", *files], repo,
+                 capture_output=True, text=True)
     dirty = [line[3:] for line in st.stdout.splitlines() if line.strip()]
     if campaign_hashes:
         differ = [f for f, h in campaign_hashes.items() if _sha256(repo / f) != h]

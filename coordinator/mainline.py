@@ -11,7 +11,8 @@ Candidates are built in a scratch worktree (.swarm/<tag>/scratch) checked out
 at the trusted mainline: the implementer edits the editable files there and the
 coordinator commits what changed (editable files only) with plumbing
 (write-tree, commit-tree), so the user's own checkout, branch, hooks and
-signing settings are never touched. A confirmed candidate is merged with
+signing settings are never touched, and no hook, fsmonitor or filter/merge driver runs
+(safety/gitsafe.py: every call here goes through run_git). A confirmed candidate is merged with
 `git merge-tree --write-tree` (a three-way merge without a working tree); a
 conflict is reported, not resolved.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 import git
 
 from agents.base import Hypothesis, ImplementationError, Implementer
+from safety.gitsafe import protect, run_git
 
 # Who the coordinator is when it commits (no user config needed, nothing signed).
 IDENTITY = {"GIT_AUTHOR_NAME": "autoresearch-swarm", "GIT_AUTHOR_EMAIL": "swarm@autoresearch-swarm",
@@ -50,7 +52,7 @@ class MainlineRepo:
     def __init__(self, repo_path, campaign: str | None, swarm_dir=None):
         self.path = Path(repo_path).resolve()
         try:
-            self.repo = git.Repo(self.path)
+            self.repo = protect(git.Repo(self.path))
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
             raise MainlineError(f"{self.path} is not a git repository: the swarm keeps every experiment as "
                                 f"a commit there. Run `git init && git add -A && git commit -m start` "
@@ -83,8 +85,7 @@ class MainlineRepo:
     # -- plain git -----------------------------------------------------------------
     def git(self, *args, cwd=None, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         env = {**os.environ, **IDENTITY, "LC_ALL": "C"}
-        p = subprocess.run(["git", *args], cwd=str(cwd or self.path), env=env, input=input,
-                           capture_output=True, text=True)
+        p = run_git(args, cwd or self.path, env=env, input=input, capture_output=True, text=True)
         if check and p.returncode != 0:
             raise MainlineError(f"git {' '.join(args)} failed in {cwd or self.path}: "
                                 f"{(p.stderr or p.stdout).strip()[:800]}")
@@ -128,8 +129,7 @@ class MainlineRepo:
         self.git("update-ref", self.initial_ref, commit)
 
     def read(self, commit: str, path: str) -> bytes | None:
-        p = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=self.path,
-                           capture_output=True)
+        p = run_git(["cat-file", "blob", f"{commit}:{path}"], self.path, capture_output=True)
         return p.stdout if p.returncode == 0 else None
 
     def fixed_hashes(self, commit: str, fixed) -> dict[str, str]:
@@ -202,7 +202,7 @@ class MainlineRepo:
         return commit, self.diff(base, commit)
 
     def diff(self, a: str, b: str) -> str:
-        return self.git("diff", "--full-index", "--binary", a, b).stdout
+        return self.git("diff", "--no-ext-diff", "--no-textconv", "--full-index", "--binary", a, b).stdout
 
     def merge(self, candidate_commit: str, onto: str, candidate_id: str, title: str) -> tuple[str | None, str, bool]:
         """Three-way merge of a candidate into the mainline commit `onto` (a merge commit even when
@@ -258,9 +258,8 @@ class PatchImplementer(Implementer):
     def implement(self, h: Hypothesis, workspace: Path) -> None:
         if not h.patch:
             raise ImplementationError(f"hypothesis {h.hypothesis_id} carries no patch")
-        p = subprocess.run(["git", "apply", "--3way", "--whitespace=nowarn", "-"], cwd=workspace,
-                           input=h.patch, capture_output=True, text=True,
-                           env={**os.environ, **IDENTITY, "LC_ALL": "C"})
+        p = run_git(["apply", "--3way", "--whitespace=nowarn", "-"], workspace, input=h.patch,
+                    capture_output=True, text=True, env={**os.environ, **IDENTITY, "LC_ALL": "C"})
         if p.returncode != 0:
             raise ImplementationError(f"the patch does not apply on mainline: "
                                       f"{(p.stderr or p.stdout).strip()[:500]}")

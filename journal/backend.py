@@ -5,12 +5,19 @@ position (an opaque string: a stream id for Redis, a row number for SQLite).
 It needs four things: append one event idempotently, read a page after a
 position, wait briefly for more, list campaigns. Everything else (emit, paged
 reads, follow with an idle timeout) is written once here.
+
+A journal never holds a password and never hands one out: events that carry the
+coordinator's config (its journal URL is redis://:PASSWORD@host:port/db) go
+through safety.redact on the way in, and on the way out too, for journals
+written before that rule.
 """
 
 import os
 import re
 import time
 from typing import Iterator, Optional
+
+from safety.redact import redact
 
 from .events import Event
 
@@ -20,6 +27,8 @@ PAGE_SIZE = 5000
 FOLLOW_BLOCK_S = 2.0
 # Campaign tags become Redis keys and git ref names: keep them plain.
 CAMPAIGN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Events redacted on append and on read: the config-carrying ones, and unparsable records (raw text).
+REDACTED_TYPES = frozenset({"campaign_started", "campaign_resumed", "malformed"})
 # What a journal location looks like when it is a URL rather than a path.
 URL_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -79,6 +88,8 @@ class Journal:
         elif event.campaign != self.campaign:
             raise JournalError(f"event {event.id} belongs to campaign {event.campaign!r} but this "
                                f"journal is open for {self.campaign!r}")
+        if event.type in REDACTED_TYPES:
+            event.data = redact(event.data)
         try:
             return self._append(event)
         except ValueError as e:  # from events.dumps: circular data
@@ -98,7 +109,7 @@ class Journal:
         while limit is None or seen < limit:
             want = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - seen)
             page = self._page(after, want)
-            yield from page
+            yield from _redacted(page)
             seen += len(page)
             if len(page) < want:
                 return
@@ -115,7 +126,7 @@ class Journal:
                 wait = min(wait, timeout - (time.monotonic() - idle_since))
             page = self._poll(after, max(wait, 0.0))
             if page:
-                yield from page
+                yield from _redacted(page)
                 after = page[-1][0]
                 idle_since = time.monotonic()
             elif timeout is not None and time.monotonic() - idle_since >= timeout:
@@ -129,6 +140,13 @@ class Journal:
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.url} campaign={self.campaign!r}>"
+
+
+def _redacted(page: list) -> list:
+    for _, ev in page:
+        if ev.type in REDACTED_TYPES:
+            ev.data = redact(ev.data)
+    return page
 
 
 def open_journal(url, campaign: Optional[str] = None, create: bool = True) -> Journal:

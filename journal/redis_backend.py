@@ -19,6 +19,8 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import AuthenticationError, ConnectionError, NoScriptError, RedisError, TimeoutError
 from redis.retry import Retry
 
+from safety.redact import redact_text
+
 from .backend import FOLLOW_BLOCK_S, PAGE_SIZE, Journal, JournalError
 from .events import Event, malformed
 
@@ -73,10 +75,10 @@ class RedisJournal(Journal):
         try:
             port = parts.port or 6379
         except ValueError:
-            raise JournalError(f"bad Redis URL {_redact(url)}: the port must be a number "
+            raise JournalError(f"bad Redis URL {redact_text(url)}: the port must be a number "
                                "(redis://:PASSWORD@host:port/db)") from None
         self.where = f"{parts.hostname or 'localhost'}:{port}"
-        self.url = _redact(url)
+        self.url = redact_text(url)
         self._password_given = parts.password is not None
         options = dict(socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
                        socket_keepalive=True)
@@ -190,13 +192,3 @@ def _decode(pos: str, raw: bytes):
         return pos, Event.from_json(raw)
     except ValueError as e:  # an entry someone XADDed by hand
         return pos, malformed(raw, str(e), pos)
-
-
-def _redact(url: str) -> str:
-    """The URL with its password replaced by ***, for messages and repr."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

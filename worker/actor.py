@@ -5,7 +5,14 @@ so exactly one worker actor lands on each. The actor takes no CPU from Ray's
 bookkeeping (num_cpus=0: the trial's process uses the machine, not Ray's slots)
 and runs up to four calls at once, so info(), heartbeat() and abort() answer
 while run_trial() is busy.
+
+A Ray worker process inherits the environment of the raylet that started it
+(the shell that ran `ray start`, or the driver's for a local Ray): the actor
+drops every secret-looking variable (ANTHROPIC_API_KEY, the journal URL, ...;
+safety.redact) from its own environment before the Worker exists.
 """
+
+from safety.redact import scrub_environ
 
 from .worker import Worker
 
@@ -17,6 +24,7 @@ class WorkerActor:
     """Worker's API over Ray. Constructor arguments are Worker's (CONTRACTS.md)."""
 
     def __init__(self, *args, **kwargs):
+        scrub_environ()
         self.worker = Worker(*args, **kwargs)
 
     def info(self) -> dict:

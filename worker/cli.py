@@ -44,8 +44,13 @@ def run(args) -> int:
     """0 when the trial ran ok, 1 when it crashed / was invalid, 2 when the worker cannot run at all."""
     import git
 
+    from safety.gitsafe import protect
+    from safety.redact import scrub_environ
+
     from .repo import make_bundle
     from .worker import TrialSpec, Worker
+
+    scrub_environ()     # the worker (its git, its smoke runs) never holds an API key or the journal's password
 
     extra = {}
     for item in args.env:
@@ -55,7 +60,7 @@ def run(args) -> int:
             return 2
         extra[key] = value
     try:
-        src = git.Repo(args.repo, search_parent_directories=True)
+        src = protect(git.Repo(args.repo, search_parent_directories=True))
         commit = src.git.rev_parse("--verify", f"{args.commit}^{{commit}}")
         base = src.git.rev_parse("--verify", f"{args.base}^{{commit}}") if args.base else None
     except (git.InvalidGitRepositoryError, git.NoSuchPathError, git.GitCommandError) as e:

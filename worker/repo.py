@@ -3,15 +3,22 @@
 Commits travel over Ray as git bundles (or format-patch mailboxes) and are
 fetched into this clone; a trial checks its commit out on the worker's own
 branch, swarm/<campaign>/<worker>. No shared filesystem, no SSH.
+
+Every git call runs with hooks, fsmonitor and drivers off (safety/gitsafe.py), and
+the clone is cleaned of what a trial may have planted in .git before the worker
+uses it again (load, import, apply, checkout).
 """
 
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
 import git
+
+from safety.gitsafe import clean_clone, protect
 
 # First line of a git bundle (v2 or v3); anything else given as a bundle is read as a patch.
 BUNDLE_SIGNATURE = re.compile(rb"^# v[23] git bundle\n")
@@ -61,7 +68,7 @@ def bundle_heads(data: bytes) -> tuple[list[str], list[tuple[str, str]]]:
 def make_bundle(repo_dir, commit: str = "HEAD", base: str | None = None) -> bytes:
     """Bundle bytes holding `commit` (and its history after `base`, when given) -- what a worker
     receives. A temporary ref names the commit: git bundles only carry named refs."""
-    repo = git.Repo(repo_dir)
+    repo = protect(git.Repo(repo_dir))
     sha = repo.git.rev_parse("--verify", f"{commit}^{{commit}}")
     ref = f"refs/swarm/bundle/{sha}"
     repo.git.update_ref(ref, sha)
@@ -78,7 +85,7 @@ def make_bundle(repo_dir, commit: str = "HEAD", base: str | None = None) -> byte
 
 def make_full_bundle(repo_dir) -> bytes:
     """Every branch and tag of a repository, plus HEAD: what load_repo() takes."""
-    repo = git.Repo(repo_dir)
+    repo = protect(git.Repo(repo_dir))
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "all.bundle")
@@ -93,12 +100,23 @@ def sha256(data: bytes) -> str:
 
 
 class WorkerRepo:
-    """The clone at `path`, trials checked out on `branch`."""
+    """The clone at `path`, trials checked out on `branch`. Only the methods that change the clone
+    (load, import_bundle, apply_patch, checkout) clean it: the coordinator also reads the user's
+    own repository through this class, and that one is never rewritten."""
 
     def __init__(self, path, branch: str):
         self.path = Path(path)
         self.branch = branch
-        self.repo = git.Repo(self.path) if (self.path / ".git").is_dir() else None
+        self.repo = protect(git.Repo(self.path)) if (self.path / ".git").is_dir() else None
+        self._config = None      # the clone's own config values, once read (safety.gitsafe.clean_clone)
+
+    def _clean(self):
+        """Before the worker uses its clone: nothing a trial planted in .git can run or redirect git."""
+        try:
+            self._config = clean_clone(self.path, IDENTITY, self._config)
+        except ValueError as e:
+            raise CandidateError(f"the worker's clone was tampered with: {e}; delete {self.path} "
+                                 "and load the repository again") from None
 
     @property
     def loaded(self) -> bool:
@@ -116,13 +134,15 @@ class WorkerRepo:
                                  f"(git bundle create - HEAD --branches): {e}") from None
         if not refs:
             raise CandidateError("the repository bundle names no refs")
+        gd = self.path / ".git"
+        if gd.is_symlink() or (gd.exists() and not gd.is_dir()):
+            self.close()                 # a trial replaced .git: the clone is rebuilt from the bundle
+            shutil.rmtree(self.path)
+            self.repo = self._config = None
         if self.repo is None:
             self.path.mkdir(parents=True, exist_ok=True)
-            self.repo = git.Repo.init(self.path)
-            with self.repo.config_writer() as cw:
-                for key, value in IDENTITY.items():
-                    section, option = key.split(".")
-                    cw.set_value(section, option, value)
+            self.repo = protect(git.Repo.init(self.path))
+        self._clean()
         self._fetch(bundle, [(ref, SOURCE + _strip_refs(ref)) for _, ref in refs])
         head = dict((ref, sha) for sha, ref in refs).get("HEAD", refs[0][0])
         self.checkout(head)
@@ -134,6 +154,7 @@ class WorkerRepo:
             prereqs, refs = bundle_heads(bundle)
         except ValueError as e:
             raise CandidateError(f"the candidate's bytes are not a usable git bundle: {e}") from None
+        self._clean()
         missing = [p for p in prereqs if not self.has_commit(p)]
         if missing:
             raise CandidateError(f"the bundle is based on commit(s) {', '.join(m[:12] for m in missing)} "
@@ -161,6 +182,7 @@ class WorkerRepo:
         if not patch.startswith(b"From ") or not author:
             raise CandidateError("the candidate's bytes are neither a git bundle nor a "
                                  "`git format-patch --stdout` mailbox")
+        self._clean()
         self.repo.git.checkout("--force", "--detach", base)
         env = {"GIT_COMMITTER_NAME": author.group(1).decode("utf-8", "replace").strip('"'),
                "GIT_COMMITTER_EMAIL": author.group(2).decode("utf-8", "replace")}
@@ -229,6 +251,7 @@ class WorkerRepo:
 
     def checkout(self, commit: str):
         """The worker's branch at `commit`, working tree exactly that commit (nothing left over)."""
+        self._clean()
         self.repo.git.checkout("--force", "--quiet", "-B", self.branch, commit)
         self.repo.git.clean("-ffdxq")
 

@@ -18,14 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from safety.redact import is_secret  # the one rule (also for the coordinator and the agents)
+
 # Variables passed through from the worker's own environment (names, or prefixes ending in _).
 ENV_ALLOW = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "USER", "LOGNAME",
              "AUTORESEARCH_", "MALLOC_")  # MALLOC_*: glibc malloc tuning (MLX CPU allocations)
-# Names that are never passed on, even when given explicitly: credentials and the journal URL.
-SECRET_NAME = re.compile(r"(^ANTHROPIC_|_TOKEN$|_KEY$|SECRET|PASSWORD|PASSWD|^SWARM_JOURNAL$|^REDIS)",
-                         re.IGNORECASE)
-# A value that carries credentials inside a URL (redis://:pw@host): never passed on either.
-SECRET_VALUE = re.compile(r"://[^/\s]*:[^@/\s]*@")
 # MLX's Linux wheel bundles a reference BLAS (fp32 matmul ~6 GFLOP/s on 2 cores);
 # Debian's libopenblas0-pthread gives ~195. Preloaded for every trial when present.
 OPENBLAS = "/usr/lib/{arch}-linux-gnu/openblas-pthread/libopenblas.so.0"
@@ -52,10 +49,6 @@ def openblas_path() -> str | None:
         return None
     path = OPENBLAS.format(arch=platform.machine())
     return path if os.path.exists(path) else None
-
-
-def is_secret(name: str, value: str = "") -> bool:
-    return bool(SECRET_NAME.search(name) or SECRET_VALUE.search(value or ""))
 
 
 def clean_env(extra: dict | None = None, base: dict | None = None) -> dict:
