@@ -58,7 +58,6 @@ class Run:
     got: Classified
     train_seconds: float = 0.0      # wall time of the training process, measured by the worker
     eval_seconds: float = 0.0       # wall time of the evaluator process
-    eval_record: dict | None = None
 
 
 def run(setup: Setup, seed: int, budget: float, allowance: float, scratch: Path, log_path: Path, header: str,
@@ -107,7 +106,6 @@ def run(setup: Setup, seed: int, budget: float, allowance: float, scratch: Path,
                        None, on_process)
     result.eval_seconds = outcome.seconds
     record = _read_record(record_path)
-    result.eval_record = record
     metrics = {**got.metrics, "eval_split": split}
     log_tail = tail(outcome.text)
     if outcome.returncode == NOT_CAUSAL_EXIT and record and record.get("error"):
