@@ -357,3 +357,14 @@ def test_without_bubblewrap_the_worker_says_what_to_install(research, tmp_path, 
         assert r.status == "invalid" and "bubblewrap" in r.reason
     finally:
         w.stop()
+
+
+def test_without_bubblewrap_swarm_run_stops_before_anything_starts(research, tmp_path, monkeypatch, capsys):
+    from coordinator.cli import main
+    path, _, _ = research
+    journal = tmp_path / "j.db"
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert main(["run", "--repo", str(path), "--journal", str(journal), "--sandbox", "bwrap"]) == 2
+    err = capsys.readouterr().err
+    assert "apt-get install bubblewrap" in err and "--sandbox off" in err
+    assert not journal.exists()         # refused before the journal (or Ray) was touched
