@@ -184,7 +184,7 @@ def integrity(n_trials: int):
         w.stop()
 
         # the same computation in-process (the old path): checkpoint save + load, and evaluate_bpb's speed
-        probe_env = {**os.environ, **env, "PYTHONPATH": str(src)}
+        probe_env = {**os.environ, **clean_env(env), "PYTHONPATH": str(src)}     # OpenBLAS preloaded, as trials
         code = ("import time, json, os, tempfile, mlx.core as mx, prepare, train\n"
                 "cfg = train.build_model_config(train.DEPTH, prepare.VOCAB_SIZE)\n"
                 "m = train.GPT(cfg); m.init_weights(); mx.eval(m.parameters())\n"

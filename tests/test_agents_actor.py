@@ -124,6 +124,9 @@ def test_a_killed_agent_actor_is_restarted_and_its_calls_tried_again(ray_with_ke
     backoff. No hypothesis is lost or marked invalid because of it."""
     import signal
     import threading
+    import time
+
+    from coordinator.cli import main as swarm
 
     repo = make_repo(tmp_path / "repo")
     model = ResearchModel()
@@ -136,14 +139,28 @@ def test_a_killed_agent_actor_is_restarted_and_its_calls_tried_again(ray_with_ke
         return model(request)
 
     logs = []
+    seen = threading.Event()
+
+    def stop_when_a_call_after_the_restart_is_journaled():
+        # a condition, not a trial count: on a loaded machine the restart may take longer than 10 trials
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not (killed.is_set() and len(
+                of_type(events_of(repo, "killed"), "agent_usage")) >= 2):
+            time.sleep(0.5)
+        seen.set()
+        swarm(["stop", "--repo", str(repo), "--campaign", "killed", "--reason", "test"])
+
     with StandIn(responder=responder, delay_s=0.3) as api:
-        cfg = config(repo, "killed", api, workers=1, max_trials=10, baseline_trials=2, buffer=2, agent_threads=2,
-                     analyst_every=0, smoke=False, heldout=False, until="120s")
+        cfg = config(repo, "killed", api, workers=1, max_trials=10_000, baseline_trials=2, buffer=2,
+                     agent_threads=2, analyst_every=0, smoke=False, heldout=False, until="900s")
         camp = holder["camp"] = Campaign(cfg, log=logs.append)
         camp.agent_backoff_s = 0.2
+        watcher = threading.Thread(target=stop_when_a_call_after_the_restart_is_journaled, daemon=True)
+        watcher.start()
         reason = camp.run()
-    assert killed.is_set()
-    assert reason == "reached --max-trials 10", logs[-5:]
+        watcher.join(60)
+    assert killed.is_set() and seen.is_set()
+    assert reason == "stop requested (test)", logs[-5:]
     assert any("the agent actor stopped answering" in line for line in logs), logs
     events = events_of(repo, "killed")
     assert not of_type(events, "candidate_invalid")
