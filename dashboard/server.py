@@ -1,0 +1,356 @@
+"""The dashboard's web server: a starlette app over one followed journal.
+
+    hub = Hub(journal, campaign, secrets=[url])   # a thread replays, then follows the journal
+    app = make_app(hub, token, need_token, allow_stop)
+    with Served(app, host, port) as srv: srv.url  # uvicorn in a thread (tests, bench); the CLI runs it in front
+
+The page (static/) reads /api/state (the snapshot of dashboard/state.py) and
+listens on /api/events (server-sent events: one message per journal event, as
+it is folded). It refetches the snapshot when told, at most one fetch in flight,
+so a burst of events costs one snapshot, not one per event.
+
+Routes: / (page), /static/* (page assets; plotly.js from the plotly package),
+/api/state, /api/events, /api/hypothesis/{id} (diff, verdict in words, trials),
+/download/results.tsv, /download/journal.md, POST /api/stop (token and --allow-stop only).
+"""
+
+import asyncio
+import copy
+import getpass
+import json
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path
+from urllib.parse import parse_qs
+
+from journal import export
+from journal.backend import JournalError
+from journal.export import event_line
+
+from .state import DashboardState, hypothesis_detail, redact, redact_text, snapshot
+
+STATIC = Path(__file__).resolve().parent / "static"
+# Seconds a snapshot may be reused when no event arrived (clocks and running trials' hours move).
+SNAPSHOT_MAX_AGE_S = 5.0
+# Seconds between keep-alive comments on an idle event stream (proxies close silent ones).
+KEEPALIVE_S = 15.0
+# Seconds between tries to reach the journal again after it failed mid-campaign.
+RETRY_S = 2.0
+# Seconds between looks for a first campaign in an empty journal.
+EMPTY_POLL_S = 1.0
+# Longest wait inside one follow() call (the thread checks for shutdown between calls).
+FOLLOW_IDLE_S = 1.0
+
+
+def plotly_js() -> Path:
+    """plotly.js as the plotly PyPI package ships it (no CDN: the page works offline)."""
+    import plotly
+    return Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+
+
+class Hub:
+    """One campaign's state, folded from the journal by a thread; listeners hear of each event."""
+
+    def __init__(self, journal, campaign=None, secrets=(), diff_of=None):
+        self.journal = journal
+        self.wanted = campaign
+        self.secrets = [s for s in secrets if s]
+        self.diff_of = diff_of            # candidate -> diff text from git, or None
+        self.state = DashboardState(campaign or "")
+        self.lock = threading.Lock()
+        self.version = 0
+        self.error = None                 # the journal's last failure, shown on the page
+        self.ready = threading.Event()    # the start-up replay is done (or the journal is empty)
+        self.listeners = set()            # (loop, asyncio.Queue)
+        self._snap = (None, 0.0, b"")     # (version, built at, json)
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dashboard-follow", daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def close(self):
+        self._closing.set()
+        self._thread.join(timeout=5)
+
+    # -- the follower thread -------------------------------------------------------
+    def _choose(self):
+        """The campaign to show: the one asked for, else the most recently active; None while empty."""
+        if self.wanted:
+            return self.wanted
+        have = self.journal.campaigns()
+        return have[0] if have else None
+
+    def _run(self):
+        pos = None
+        while not self._closing.is_set():
+            try:
+                if self.journal.campaign is None:
+                    tag = self._choose()
+                    if tag is None:
+                        self.ready.set()
+                        self._closing.wait(EMPTY_POLL_S)
+                        continue
+                    self.journal.campaign = tag
+                    state = DashboardState(tag)
+                    for pos, ev in self.journal.read():   # the start-up replay, off the lock
+                        state.apply(ev, pos)
+                    with self.lock:
+                        self.state, self.version = state, self.version + 1
+                    self.ready.set()
+                    self._notify({"version": self.version, "type": "replayed", "line": ""})
+                for p, ev in self.journal.follow(after=pos, timeout=FOLLOW_IDLE_S):
+                    with self.lock:
+                        self.state.apply(ev, p)
+                        self.version += 1
+                        version = self.version
+                    pos = p
+                    self._notify({"version": version, "type": ev.type,
+                                  "line": redact_text(event_line(ev), self.secrets)})
+                    if self._closing.is_set():
+                        return
+                if self.error:
+                    self.error = None
+                    self._notify({"version": self.version, "type": "journal", "line": "journal reachable again"})
+            except JournalError as e:   # Redis restarted, a network blip: say so, keep trying
+                self.error = redact_text(str(e), self.secrets)
+                self._notify({"version": self.version, "type": "error", "line": self.error})
+                self._closing.wait(RETRY_S)
+
+    def _notify(self, msg):
+        for loop, queue in list(self.listeners):
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, msg)
+            except RuntimeError:      # that listener's loop is gone
+                self.listeners.discard((loop, queue))
+
+    # -- what the routes read ------------------------------------------------------------
+    def snapshot_json(self) -> bytes:
+        now = time.time()
+        with self.lock:
+            version, built, data = self._snap
+            if version == self.version and now - built < SNAPSHOT_MAX_AGE_S:
+                return data
+            snap = snapshot(self.state, now, self.secrets)
+            version = self.version
+        snap.update(version=version, error=self.error, ready=self.ready.is_set())
+        data = json.dumps(snap, separators=(",", ":")).encode()
+        with self.lock:
+            if version >= (self._snap[0] or 0):
+                self._snap = (version, now, data)
+        return data
+
+    def detail(self, hid):
+        with self.lock:
+            return hypothesis_detail(self.state, hid, self.diff_of, self.secrets)
+
+    def export_view(self):
+        """A copy of the state to export, with its recorded config redacted (older journals hold
+        the journal URL, password included, in campaign_started)."""
+        with self.lock:
+            view = copy.copy(self.state)
+            view.config = redact(self.state.config)
+            view.trials = dict(self.state.trials)
+            return view
+
+
+def _html_diff(diff: str) -> str:
+    """A unified diff as syntax-highlighted HTML (pygments: CSS classes, styled by the page)."""
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import DiffLexer
+    return highlight(diff, DiffLexer(), HtmlFormatter(nowrap=True))
+
+
+def diff_css() -> str:
+    from pygments.formatters import HtmlFormatter
+    return HtmlFormatter(style="github-dark").get_style_defs(".diff")
+
+
+class TokenGate:
+    """ASGI middleware: with need_token, every request must carry ?token= (or a Bearer header)."""
+
+    def __init__(self, app, token, need_token):
+        self.app, self.token, self.need = app, token, need_token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["token_ok"] = self._ok(scope)
+            if self.need and not scope["state"]["token_ok"]:
+                from starlette.responses import PlainTextResponse
+                resp = PlainTextResponse("403: this dashboard needs its token: open the full URL that "
+                                         "`swarm dashboard` printed (it ends in ?token=...)\n", status_code=403)
+                return await resp(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    def _ok(self, scope) -> bool:
+        given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
+        for k, v in scope.get("headers", []):
+            if k == b"authorization" and v.lower().startswith(b"bearer "):
+                given = v[7:].decode("latin-1").strip()
+        return bool(given) and secrets.compare_digest(given.encode(), self.token.encode())
+
+
+def make_app(hub: Hub, token: str, need_token: bool, allow_stop: bool, stop_journal=None, loopback=True):
+    """The starlette app. stop_journal() -> a journal open for writing (the stop button)."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.middleware import Middleware
+    from starlette.middleware.gzip import GZipMiddleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+    from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    def can_write(request) -> bool:
+        return allow_stop and request.scope.get("state", {}).get("token_ok", False)
+
+    async def page(request):
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def asset(request):
+        name = request.path_params["name"]
+        files = {"app.js": STATIC / "app.js", "style.css": STATIC / "style.css", "plotly.min.js": plotly_js()}
+        if name == "diff.css":
+            return Response(diff_css(), media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+        if name not in files:
+            return Response("not found\n", status_code=404, media_type="text/plain")
+        cache = "max-age=86400" if name == "plotly.min.js" else "no-cache"
+        return FileResponse(files[name], headers={"Cache-Control": cache})
+
+    async def state(request):
+        data = await run_in_threadpool(hub.snapshot_json)
+        # can_stop depends on the request (token), so it is spliced in rather than cached
+        tail = b',"can_stop":' + (b"true" if can_write(request) else b"false") + b"}"
+        return Response(data[:-1] + tail, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+    async def events(request):
+        loop = asyncio.get_running_loop()
+        queue = asyncio.Queue()
+        listener = (loop, queue)
+        hub.listeners.add(listener)
+
+        async def stream():
+            try:
+                yield f"retry: 1000\ndata: {json.dumps({'version': hub.version, 'type': 'hello'})}\n\n"
+                while True:
+                    try:
+                        msg = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                    except asyncio.TimeoutError:
+                        if await request.is_disconnected():
+                            return
+                        yield ": keep-alive\n\n"
+                        continue
+                    batch = [msg]
+                    while not queue.empty() and len(batch) < 200:   # a burst goes out as one message
+                        batch.append(queue.get_nowait())
+                    out = {"version": batch[-1]["version"], "events": [m for m in batch if m.get("line")]}
+                    yield f"data: {json.dumps(out)}\n\n"
+            finally:
+                hub.listeners.discard(listener)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    async def hypothesis(request):
+        got = await run_in_threadpool(hub.detail, request.path_params["hid"])
+        if got is None:
+            return JSONResponse({"error": "no such hypothesis"}, status_code=404)
+        for c in got["candidates"]:
+            c["diff_html"] = _html_diff(c["diff"]) if c["diff"] else None
+        return JSONResponse(got, headers={"Cache-Control": "no-store"})
+
+    async def download(request):
+        name = request.path_params["name"]
+        view = await run_in_threadpool(hub.export_view)
+        track = request.query_params.get("track")
+        if name == "results.tsv":
+            if track:
+                view.trials = {k: t for k, t in view.trials.items() if t.track == track}
+            body, kind = await run_in_threadpool(export.tsv, view), "text/tab-separated-values"
+        elif name == "journal.md":
+            body, kind = await run_in_threadpool(export.markdown, view), "text/markdown"
+        else:
+            return Response("not found\n", status_code=404, media_type="text/plain")
+        fname = f"{view.campaign or 'campaign'}-{name}"
+        return Response(redact_text(body, hub.secrets), media_type=kind + "; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{fname}"'})
+
+    async def stop(request):
+        if not can_write(request):
+            return JSONResponse({"error": "read-only: the stop button needs the token and --allow-stop"},
+                                status_code=403)
+        with hub.lock:
+            st = hub.state
+            running = st.started is not None and st.stopped is None
+            tag = st.campaign
+        if not running:
+            return JSONResponse({"ok": False, "message": f"campaign {tag} is not running"})
+        who = f"{getpass.getuser()}@{socket.gethostname()}"
+
+        def emit():
+            with stop_journal(tag) as j:     # the same event `swarm stop` journals
+                j.emit("stop_requested", source=who, reason=f"stop button of the dashboard ({who})")
+        await run_in_threadpool(emit)
+        return JSONResponse({"ok": True, "message": f"asked campaign {tag} to stop; its coordinator "
+                                                    f"stops within a few seconds"})
+
+    routes = [Route("/", page), Route("/static/{name}", asset), Route("/api/state", state),
+              Route("/api/events", events), Route("/api/hypothesis/{hid}", hypothesis),
+              Route("/download/{name}", download), Route("/api/stop", stop, methods=["POST"])]
+    middleware = [Middleware(GZipMiddleware, minimum_size=1024)]
+    if loopback:   # a page on 127.0.0.1 answers to its own names only (no DNS rebinding)
+        middleware.insert(0, Middleware(TrustedHostMiddleware,
+                                        allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1"]))
+    app = Starlette(routes=routes, middleware=middleware)
+    return TokenGate(app, token, need_token)
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def lan_address() -> str:
+    """This machine's address on its LAN (a UDP socket's source address; nothing is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+    except OSError:
+        return socket.gethostname()
+
+
+class Served:
+    """uvicorn serving an app from a thread, on a socket bound here (port 0: any free one)."""
+
+    def __init__(self, app, host="127.0.0.1", port=0):
+        import uvicorn
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.host, self.port = host, self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                                    timeout_graceful_shutdown=1))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the dashboard server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
