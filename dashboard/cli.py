@@ -100,13 +100,14 @@ def run(args) -> int:
     shown = f"[{shown}]" if ":" in shown else shown
     link = f"http://{shown}:{served.port}/?token={token}"
     if loopback:
-        print(f"dashboard: http://{shown}:{served.port}/  (read-only; with the stop button: {link})"
-              if args.allow_stop else f"dashboard: http://{shown}:{served.port}/", flush=True)
+        message = (f"dashboard: http://{shown}:{served.port}/  (read-only; with the stop button: {link})"
+                   if args.allow_stop else f"dashboard: http://{shown}:{served.port}/")
     else:
-        print(f"dashboard: {link}\n  the token in this URL is required: share it only with people who may "
-              f"{'stop the campaign' if args.allow_stop else 'read the journal'}", flush=True)
+        message = (f"dashboard: {link}\n  the token in this URL is required: share it only with people who "
+                   f"may {'stop the campaign' if args.allow_stop else 'read the journal'}")
     try:
-        with served:
+        with served:       # the URL is printed once the server listens
+            print(message, flush=True)
             served.thread.join()
     except KeyboardInterrupt:
         pass

@@ -109,7 +109,7 @@ class Hub:
                         version = self.version
                     pos = p
                     self._notify({"version": version, "type": ev.type,
-                                  "line": redact_text(event_line(ev), self.secrets)})
+                                  "line": redact_text(event_line(ev), self.all_secrets())})
                     if self._closing.is_set():
                         return
                 if self.error:
@@ -119,6 +119,10 @@ class Hub:
                 self.error = redact_text(str(e), self.secrets)
                 self._notify({"version": self.version, "type": "error", "line": self.error})
                 self._closing.wait(RETRY_S)
+
+    def all_secrets(self) -> list:
+        """The server's own (journal URL, password) and those the journal holds."""
+        return [*self.secrets, *self.state.secrets]
 
     def _notify(self, msg):
         for loop, queue in list(self.listeners):
@@ -275,7 +279,7 @@ def make_app(hub: Hub, token: str, need_token: bool, allow_stop: bool, stop_jour
         else:
             return Response("not found\n", status_code=404, media_type="text/plain")
         fname = f"{view.campaign or 'campaign'}-{name}"
-        return Response(redact_text(body, hub.secrets), media_type=kind + "; charset=utf-8",
+        return Response(redact_text(body, hub.all_secrets()), media_type=kind + "; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{fname}"'})
 
     async def stop(request):

@@ -32,10 +32,11 @@ DOT_CLASS = {"keep": "kept", "discard": "discarded", "pending": "pending", "held
 
 # -- redaction ------------------------------------------------------------------------
 # Keys whose values are never shown (config keys, env names, anything secret-looking).
-SECRET_KEY = re.compile(r"(password|passwd|secret|token|api[_-]?key|auth|credential|^journal$|"
+SECRET_KEY = re.compile(r"(password|passwd|secret|api[_-]?key|credential|(^|_)token$|^auth(orization)?$|^journal$|"
                         r"journal_url|^env$|^anthropic)", re.I)
-# URL credentials (redis://:pw@host, https://user:pw@host) -> scheme://***@host
-URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]*@")
+# A URL with credentials (redis://:pw@host:port/0, https://user:pw@host/...) or any Redis URL
+# (a journal's address) -> scheme://***: neither the password nor where the journal lives
+URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]*@[^\s'\"]*|(rediss?://)[^\s'\"]+")
 # password=..., token: ..., API keys in free text (lab notes, log tails)
 SECRET_TEXT = re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|requirepass)(\s*[=:]\s*|\s+)"
                          r"[^\s,;'\"]+")
@@ -47,9 +48,29 @@ def redact_text(s: str, extra=()) -> str:
     for secret in extra:
         if secret:
             s = s.replace(secret, HIDDEN)
-    s = URL_CREDENTIALS.sub(lambda m: m.group(1) + HIDDEN + "@", s)
+    s = URL_CREDENTIALS.sub(lambda m: (m.group(1) or m.group(2)) + HIDDEN, s)
     s = SECRET_TEXT.sub(lambda m: m.group(1) + m.group(2) + HIDDEN, s)
     return API_KEY_TEXT.sub(HIDDEN, s)
+
+
+def secrets_in(obj, found=None) -> set:
+    """Literal secrets a journal itself holds (an older campaign_started recorded the journal URL
+    with its password, the trial env with keys): hidden wherever else they are quoted."""
+    found = set() if found is None else found
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(k, str) and SECRET_KEY.search(k) and isinstance(v, str) and len(v) >= 4:
+                found.add(v)
+            secrets_in(v, found)
+    elif isinstance(obj, (list, tuple)):
+        for x in obj:
+            secrets_in(x, found)
+    elif isinstance(obj, str):
+        for m in re.finditer(r"://([^/\s@'\"]*)@", obj):
+            password = m.group(1).rpartition(":")[2]
+            if len(password) >= 4:
+                found.add(password)
+    return found
 
 
 def redact(obj, extra=()):
@@ -100,9 +121,12 @@ class DashboardState(CampaignState):
         self.spend = []            # (time, tokens, cost_usd) of each agent_usage
         self.diffs = {}            # candidate id -> diff text from candidate_created
         self.patches = {}          # hypothesis id -> patch text (ported wins)
-        self.recent = deque(maxlen=40)  # (time, type, source, one-line summary)
+        self.recent = deque(maxlen=40)  # one-line summaries of the latest events
+        self.secrets = set()       # literal secrets found in the journal itself (see secrets_in)
 
     def apply(self, event, pos=None):
+        if event.type in ("campaign_started", "campaign_resumed"):
+            secrets_in(event.data, self.secrets)
         super().apply(event, pos)
         from journal.export import event_line
         if event.type != "trial_progress":     # the workers panel shows those
@@ -165,6 +189,8 @@ class DashboardState(CampaignState):
 
 # -- the snapshot --------------------------------------------------------------------
 def _accel_s(t, now) -> float:
+    """Seconds of accelerator time of a trial; one still running counts until now (the stop of a
+    stopped campaign)."""
     if t.started is None or t.kind is None:
         return 0.0
     end = t.finished if t.finished is not None else (now if t.status == "running" else t.started)
@@ -329,6 +355,7 @@ def snapshot(state: DashboardState, now: float, secrets=()) -> dict:
             cache[dof] = t_quantile(1 - (1 - BAND_CONFIDENCE) / 2, dof)
         return cache[dof]
 
+    now = min(now, state.stopped) if state.stopped else now   # a stopped campaign's clock stands still
     tracks = [_track_view(state, n, now, half_t) for n in state.track_names() if n != "?"]
     finished = [t for t in state.trials.values() if t.status != "running"]
     accel_h = sum(_accel_s(t, now) for t in state.trials.values()) / 3600
@@ -376,7 +403,7 @@ def snapshot(state: DashboardState, now: float, secrets=()) -> dict:
         "recent": list(state.recent),
         "unknown": len(state.unknown),
     }
-    return redact(out, secrets)
+    return redact(out, [*secrets, *state.secrets])
 
 
 def hypothesis_detail(state: DashboardState, hid: str, diff_of=None, secrets=()) -> dict:
@@ -402,4 +429,4 @@ def hypothesis_detail(state: DashboardState, hid: str, diff_of=None, secrets=())
                       "verdict": verdict_words(state, c), "trials": trials})
     return redact({"id": h.hypothesis_id, "title": h.title, "agent": h.agent, "track": h.track,
                    "rationale": h.rationale, "expected": one_line(h.expected_effect), "risk": one_line(h.risk),
-                   "status": state.hypothesis_status(h), "candidates": cands}, secrets)
+                   "status": state.hypothesis_status(h), "candidates": cands}, [*secrets, *state.secrets])

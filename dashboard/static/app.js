@@ -164,7 +164,7 @@ function chart(tr) {
   const axis = {gridcolor: css("--line"), zerolinecolor: css("--line"), linecolor: css("--line")};
   Plotly.react(el, traces, {
     uirevision: tr.name, paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
-    font: {color: css("--text"), size: 11}, margin: {l: 52, r: 12, t: 8, b: 8}, hovermode: "closest",
+    font: {color: css("--text"), size: 11}, margin: {l: 52, r: 12, t: 8, b: 30}, hovermode: "closest",
     xaxis: {...axis, type: "date"}, yaxis: {...axis, title: {text: "val_bpb" + (snap.direction === "minimize" ? " (lower is better)" : "")}},
     legend: {orientation: "h", y: -0.12, font: {size: 10}}, annotations,
   }, {displayModeBar: false, responsive: true});
@@ -172,7 +172,7 @@ function chart(tr) {
     mode: "lines", line: {color: css("--accent"), width: 1.5, shape: "hv"}, name: "σ",
     hovertemplate: "σ %{y:.5f} bpb · dof %{customdata}<extra></extra>"}], {
     uirevision: tr.name, paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", showlegend: false,
-    font: {color: css("--text"), size: 10}, margin: {l: 52, r: 12, t: 4, b: 24},
+    font: {color: css("--text"), size: 10}, margin: {l: 52, r: 12, t: 4, b: 32},
     xaxis: {...axis, type: "date"}, yaxis: {...axis, title: {text: "σ bpb"}},
   }, {displayModeBar: false, responsive: true});
 }
