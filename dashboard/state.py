@@ -10,12 +10,15 @@ Every payload leaves through redact(): no password, key or journal URL reaches a
 browser, whatever an older writer put into the journal.
 """
 
+import bisect
+import functools
+import itertools
 import math
 import re
 from collections import deque
 
 from coordinator.stats import t_cdf
-from journal.export import effect_text, one_line, short, trial_status
+from journal.export import effect_text, event_line, one_line, short, trial_status
 from journal.views import VAL_KINDS, CampaignState, mean
 
 # Loss points kept per running trial (its curve on the workers panel).
@@ -24,8 +27,18 @@ CURVE_POINTS = 300
 NOISE_POINTS = 400
 # Two-sided confidence of the mainline band and of the effect intervals.
 BAND_CONFIDENCE = 0.95
+# Degrees of freedom past which t quantiles come from an expansion instead of the exact inverse.
+EXACT_DOF = 60
 # Longest diff kept per candidate (bytes of text); the journal holds it whole.
 DIFF_LIMIT = 200_000
+# Snapshot sections an event type can change (the workers panel and the header are always rebuilt;
+# "track": the chart of the event's track; "all": everything, for what is not listed).
+TOUCHES = {"trial_progress": (), "worker_heartbeat": (), "worker_joined": (), "worker_lost": (),
+           "stop_requested": (), "campaign_stopped": (), "campaign_resumed": (), "lab_note": ("notes",),
+           "agent_usage": ("usage", "promotions"), "hypothesis_proposed": ("hypotheses",),
+           "candidate_created": ("hypotheses",), "candidate_invalid": ("hypotheses",),
+           "trial_started": ("hypotheses", "track"), "trial_finished": ("hypotheses", "track"),
+           "verdict": ("hypotheses", "track"), "merge_conflict": (), "fix_requested": ()}
 # Colour class of a trial dot, by what became of it (the page maps these to colours).
 DOT_CLASS = {"keep": "kept", "discard": "discarded", "pending": "pending", "heldout": "heldout",
              "crash": "crash", "invalid": "crash", "aborted": "aborted"}
@@ -42,12 +55,15 @@ SECRET_TEXT = re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|r
                          r"[^\s,;'\"]+")
 API_KEY_TEXT = re.compile(r"\b(sk-[A-Za-z0-9_-]{8,}|ghp_[A-Za-z0-9]{8,}|xox[bp]-[A-Za-z0-9-]{8,})")
 HIDDEN = "***"
+MAYBE_SECRET = re.compile(r"://|sk-|ghp_|xox|(?i:password|passwd|pwd|secret|token|api[_-]?key|requirepass)")
 
 
 def redact_text(s: str, extra=()) -> str:
     for secret in extra:
-        if secret:
+        if secret and secret in s:
             s = s.replace(secret, HIDDEN)
+    if not MAYBE_SECRET.search(s):      # most strings: one search instead of three substitutions
+        return s
     s = URL_CREDENTIALS.sub(lambda m: (m.group(1) or m.group(2)) + HIDDEN, s)
     s = SECRET_TEXT.sub(lambda m: m.group(1) + m.group(2) + HIDDEN, s)
     return API_KEY_TEXT.sub(HIDDEN, s)
@@ -87,8 +103,14 @@ def redact(obj, extra=()):
 
 
 # -- statistics helpers ----------------------------------------------------------------
+@functools.lru_cache(maxsize=4096)
 def t_quantile(p: float, dof: int) -> float:
-    """The p-quantile of Student's t (bisection on coordinator.stats.t_cdf; no scipy)."""
+    """The p-quantile (p > 0.5) of Student's t: bisection on coordinator.stats.t_cdf (no scipy);
+    past EXACT_DOF degrees of freedom the Cornish-Fisher expansion (the exact
+    incomplete beta slows down as sqrt(dof)); past 60 dof it is off by < 2e-5."""
+    if dof > EXACT_DOF:
+        z = math.sqrt(2) * _erfinv(2 * p - 1)
+        return z + (z ** 3 + z) / (4 * dof) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * dof ** 2)
     lo, hi = 0.0, 1000.0
     for _ in range(60):
         mid = (lo + hi) / 2
@@ -97,6 +119,17 @@ def t_quantile(p: float, dof: int) -> float:
         else:
             hi = mid
     return (lo + hi) / 2
+
+
+def _erfinv(y: float) -> float:
+    """Inverse of math.erf by Newton's method (a few steps from a good start)."""
+    x = 0.0
+    for _ in range(60):
+        step = (math.erf(x) - y) / (2 / math.sqrt(math.pi) * math.exp(-x * x))
+        x -= step
+        if abs(step) < 1e-12:
+            break
+    return x
 
 
 def _finite(x) -> bool:
@@ -121,16 +154,22 @@ class DashboardState(CampaignState):
         self.spend = []            # (time, tokens, cost_usd) of each agent_usage
         self.diffs = {}            # candidate id -> diff text from candidate_created
         self.patches = {}          # hypothesis id -> patch text (ported wins)
-        self.recent = deque(maxlen=40)  # one-line summaries of the latest events
+        self.recent = deque(maxlen=40)  # the latest events but progress (one line each on the page)
         self.secrets = set()       # literal secrets found in the journal itself (see secrets_in)
+        self.cache, self.dirty = {}, set()   # snapshot sections built, and those events touched since
 
     def apply(self, event, pos=None):
         if event.type in ("campaign_started", "campaign_resumed"):
             secrets_in(event.data, self.secrets)
         super().apply(event, pos)
-        from journal.export import event_line
+        touched = TOUCHES.get(event.type, ("all",))
+        self.dirty.update(touched)
+        if "track" in touched or "all" in touched:
+            trial = self.trials.get(str(event.data.get("trial_id"))) if "trial_id" in event.data else None
+            track = event.data.get("track") or (trial.track if trial else None)
+            self.dirty.add(f"track:{track}" if isinstance(track, str) else "all")
         if event.type != "trial_progress":     # the workers panel shows those
-            self.recent.append(event_line(event))
+            self.recent.append(event)
         return self
 
     def _on_trial_progress(self, ev, d):
@@ -221,6 +260,13 @@ def _track_view(state: DashboardState, name, now, half_t):
                      ("commit", short(t.commit)), ("label", _label(state, t)), ("worker", t.worker)):
             dots[k].append(x)
     sigma, dof = state.live_noise(name)
+    labels = {}
+    for c in state.candidates.values():
+        if c.track == name and (c.commit or c.merged_commit):
+            h = state.hypotheses.get(c.hypothesis_id or "")
+            title = h.title if h and h.title else c.candidate_id
+            labels.setdefault(c.commit, title)
+            labels[c.merged_commit] = f"merge of: {title}"
     mainline = []
     for when, level, commit in state.mainline_curve(name):
         g = state.groups.get((name, commit))
@@ -229,7 +275,7 @@ def _track_view(state: DashboardState, name, now, half_t):
         mainline.append({"t": when, "v": _round(level), "commit": short(commit), "n": n,
                          "lo": _round(level - half) if half is not None else None,
                          "hi": _round(level + half) if half is not None else None,
-                         "label": state.label(commit) or "baseline"})
+                         "label": labels.get(commit) or "baseline"})
     tr = state.tracks.get(name)
     marks, heldout = [], []
     for s in (tr.history if tr else []):
@@ -323,87 +369,106 @@ def _hypothesis_row(state: DashboardState, h, half_t, done_by_candidate):
 
 def _promotion_costs(state: DashboardState, now):
     """What each promotion cost since the previous one (campaign-wide windows): accelerator-hours,
-    agent tokens and dollars, and the accepted gain."""
+    agent tokens and dollars, and the accepted gain. Prefix sums: one pass over trials and spend."""
     steps = sorted((s.time, name, s) for name, tr in state.tracks.items() for s in tr.history
                    if s.action == "promoted")
+    done = sorted((t.finished, _accel_s(t, now)) for t in state.trials.values() if t.finished is not None)
+    done_t, acc = [x for x, _ in done], list(itertools.accumulate((y for _, y in done), initial=0.0))
+    spend = sorted(state.spend)
+    spend_t = [x for x, _, _ in spend]
+    tok = list(itertools.accumulate((y for _, y, _ in spend), initial=0))
+    usd = list(itertools.accumulate((z for _, _, z in spend), initial=0.0))
     out, prev = [], state.first_time or 0.0
     for when, name, s in steps:
-        acc = sum(_accel_s(t, now) for t in state.trials.values()
-                  if t.finished is not None and prev < t.finished <= when) / 3600
-        spent = [(tok, usd) for t, tok, usd in state.spend if prev < t <= when]
+        a, b = bisect.bisect_right(done_t, prev), bisect.bisect_right(done_t, when)
+        c, d = bisect.bisect_right(spend_t, prev), bisect.bisect_right(spend_t, when)
+        hours = (acc[b] - acc[a]) / 3600
         gain = -s.effect_bpb if _finite(s.effect_bpb) else None
         if gain is not None and state.direction == "maximize":
             gain = -gain
         out.append({"t": when, "track": name, "commit": short(s.commit), "gain": _round(gain),
-                    "accel_h": _round(acc, 3), "tokens": sum(x for x, _ in spent),
-                    "usd": _round(sum(y for _, y in spent), 4), "test": _round(s.test_bpb),
-                    "gain_per_h": _round(gain / acc, 5) if gain is not None and acc > 0 else None})
+                    "accel_h": _round(hours, 3), "tokens": tok[d] - tok[c], "usd": _round(usd[d] - usd[c], 4),
+                    "test": _round(s.test_bpb),
+                    "gain_per_h": _round(gain / hours, 5) if gain is not None and hours > 0 else None})
         prev = when
     return out
 
 
+def _half_t(dof):
+    """Half-width factor of the two-sided BAND_CONFIDENCE interval with dof degrees of freedom."""
+    return t_quantile(1 - (1 - BAND_CONFIDENCE) / 2, dof) if dof else 1.959964
+
+
+def _section(state, name, now, secrets):
+    """One part of the snapshot, built from the state (and redacted)."""
+    if name.startswith("track:"):
+        return redact(_track_view(state, name[6:], now, _half_t), secrets)
+    if name == "hypotheses":
+        done = {}
+        for t in state.trials.values():
+            if t.candidate_id and t.status != "running":
+                done[t.candidate_id] = done.get(t.candidate_id, 0) + 1
+        hyps = sorted(state.hypotheses.values(), key=lambda h: h.time or 0.0)
+        return redact([_hypothesis_row(state, h, _half_t, done) for h in hyps], secrets)
+    if name == "promotions":
+        return redact(_promotion_costs(state, now), secrets)
+    if name == "notes":
+        return redact([{"t": ev.time, "author": one_line(ev.data.get("author") or ev.source),
+                        "title": one_line(ev.data.get("title") or "untitled"), "text": str(ev.data.get("text") or "")}
+                       for ev in state.notes], secrets)
+    if name == "usage":
+        return redact([{"agent": a, "model": m, "calls": u.calls, "input": u.input_tokens, "output": u.output_tokens,
+                        "cache_read": u.cache_read_tokens, "cache_write": u.cache_write_tokens,
+                        "usd": _round(u.cost_usd, 4), "latency": _round(u.latency_s / u.calls, 2) if u.calls else None}
+                       for (a, m), u in sorted(state.usage.items())], secrets)
+    raise KeyError(name)
+
+
 def snapshot(state: DashboardState, now: float, secrets=()) -> dict:
-    """Everything the page shows, JSON-ready and redacted."""
+    """Everything the page shows, JSON-ready and redacted. Sections that no event touched since
+    the last call are reused (state.cache), so a progress report costs the workers panel only."""
     if not state.campaign or not state.count:
         return {"campaign": state.campaign or None, "empty": True}
-    cache = {}
-
-    def half_t(dof):
-        if not dof:
-            return 1.959964
-        if dof not in cache:
-            cache[dof] = t_quantile(1 - (1 - BAND_CONFIDENCE) / 2, dof)
-        return cache[dof]
-
+    secrets = [*secrets, *state.secrets]
     now = min(now, state.stopped) if state.stopped else now   # a stopped campaign's clock stands still
-    tracks = [_track_view(state, n, now, half_t) for n in state.track_names() if n != "?"]
-    finished = [t for t in state.trials.values() if t.status != "running"]
+    names = [n for n in state.track_names() if n != "?"]
+    for name in [f"track:{n}" for n in names] + ["hypotheses", "promotions", "notes", "usage"]:
+        if name not in state.cache or name in state.dirty or "all" in state.dirty:
+            state.cache[name] = _section(state, name, now, secrets)
+    state.dirty.clear()
+    tracks = [state.cache[f"track:{n}"] for n in names]
+    promotions, usage = state.cache["promotions"], state.cache["usage"]
+    finished = sum(t.status != "running" for t in state.trials.values())
     accel_h = sum(_accel_s(t, now) for t in state.trials.values()) / 3600
-    promotions = _promotion_costs(state, now)
-    held = [(tv["name"], tv["heldout"]) for tv in tracks if tv["heldout"]]
-    best = [h["v"] for _, hs in held for h in hs]
+    held = [tv["heldout"] for tv in tracks if tv["heldout"]]
+    best = [h["v"] for hs in held for h in hs]
     best_heldout = (max(best) if state.direction == "maximize" else min(best)) if best else None
-    gains = []
-    for name, hs in held:
-        if len(hs) >= 2:
-            g = hs[0]["v"] - hs[-1]["v"]
-            gains.append(-g if state.direction == "maximize" else g)
-    heldout_per_h = _round(sum(gains) / accel_h, 5) if gains and accel_h > 0 else None
-    usage = [{"agent": a, "model": m, "calls": u.calls, "input": u.input_tokens, "output": u.output_tokens,
-              "cache_read": u.cache_read_tokens, "cache_write": u.cache_write_tokens,
-              "usd": _round(u.cost_usd, 4), "latency": _round(u.latency_s / u.calls, 2) if u.calls else None}
-             for (a, m), u in sorted(state.usage.items())]
-    hyps = sorted(state.hypotheses.values(), key=lambda h: h.time or 0.0)
-    done_by_candidate = {}
-    for t in finished:
-        if t.candidate_id:
-            done_by_candidate[t.candidate_id] = done_by_candidate.get(t.candidate_id, 0) + 1
-    out = {
+    gains = [(hs[0]["v"] - hs[-1]["v"]) * (-1 if state.direction == "maximize" else 1) for hs in held if len(hs) >= 2]
+    return {
         "campaign": state.campaign, "empty": False, "now": now, "direction": state.direction,
         "running": state.started is not None and state.stopped is None,
-        "stop_reason": state.stop_reason, "started": state.started or state.first_time,
-        "stopped": state.stopped, "last_time": state.last_time, "events": state.count,
+        "stop_reason": redact_text(state.stop_reason or "", secrets) or None,
+        "started": state.started or state.first_time, "stopped": state.stopped, "last_time": state.last_time,
+        "events": state.count,
         "header": {"elapsed_s": _round(((state.stopped or now) - (state.started or state.first_time or now)), 1),
-                   "trials": len(finished), "running": len(state.trials) - len(finished),
-                   "crashes": sum(t.status == "crash" for t in finished),
+                   "trials": finished, "running": len(state.trials) - finished,
+                   "crashes": sum(t.status == "crash" for t in state.trials.values()),
                    "promotions": len(promotions),
                    "reverts": sum(s.action == "reverted" for tr in state.tracks.values() for s in tr.history),
                    "best_heldout": best_heldout, "accel_h": _round(accel_h, 3),
                    "tokens": sum(u["input"] + u["output"] for u in usage),
                    "usd": _round(sum(u["usd"] or 0 for u in usage), 4),
-                   "heldout_gain_per_h": heldout_per_h},
+                   "heldout_gain_per_h": _round(sum(gains) / accel_h, 5) if gains and accel_h > 0 else None},
         "tracks": tracks,
-        "workers": [_worker_view(state, w, now) for w in sorted(state.workers.values(), key=lambda w: w.worker)],
-        "hypotheses": [_hypothesis_row(state, h, half_t, done_by_candidate) for h in hyps],
+        "workers": redact([_worker_view(state, w, now) for w in sorted(state.workers.values(), key=lambda w: w.worker)],
+                          secrets),
+        "hypotheses": state.cache["hypotheses"],
         "promotions": promotions,
-        "notes": [{"t": ev.time, "author": one_line(ev.data.get("author") or ev.source),
-                   "title": one_line(ev.data.get("title") or "untitled"), "text": str(ev.data.get("text") or "")}
-                  for ev in state.notes],
+        "notes": state.cache["notes"],
         "usage": usage,
-        "recent": list(state.recent),
+        "recent": [redact_text(event_line(ev), secrets) for ev in state.recent],
         "unknown": len(state.unknown),
     }
-    return redact(out, [*secrets, *state.secrets])
 
 
 def hypothesis_detail(state: DashboardState, hid: str, diff_of=None, secrets=()) -> dict:

@@ -8,12 +8,10 @@ rendering the page."""
 import copy
 import re
 from pathlib import Path
-import subprocess
-import sys
 
 import pytest
 import requests
-from dashboard_helpers import REPO_ROOT, Dashboard, band_paths, chart_points, progress_of, wait_for
+from dashboard_helpers import Dashboard, band_paths, chart_points, progress_of, wait_for
 
 from dashboard.state import DashboardState, hypothesis_detail, redact
 from journal import Event, export, open_journal
@@ -187,21 +185,20 @@ def test_lan_bind_refuses_every_request_without_the_token(journal_path):
         assert requests.post(d.url("/api/stop"), timeout=30).status_code == 403
 
 
-def _stderr(*args):
-    p = subprocess.run([sys.executable, "-m", "coordinator.cli", *args], cwd=REPO_ROOT, capture_output=True,
-                       text=True, timeout=120)
-    return p.returncode, p.stderr.strip().splitlines()[-1]
-
-
-def test_bad_journal_gives_the_messages_of_swarm_journal(redis_server, tmp_path):
+def test_bad_journal_gives_the_messages_of_swarm_journal(redis_server, tmp_path, capsys):
+    from coordinator.cli import main as swarm
     wrong = redis_server.url.replace(PASSWORD, "not-the-password")
     down = f"redis://:pw@127.0.0.1:{redis_server.port + 1}/0"
+    said = {}
     for url in (wrong, down, str(tmp_path / "missing.db")):
-        rc, dash_err = _stderr("dashboard", "--journal", url, "--port", "0")
-        rc_j, journal_err = _stderr("journal", url)
-        assert rc == rc_j == 1 and dash_err == journal_err and dash_err.startswith("error: ")
-    assert "authentication failed" in _stderr("dashboard", "--journal", wrong)[1]
-    assert "cannot reach Redis" in _stderr("dashboard", "--journal", down)[1]
+        assert swarm(["dashboard", "--journal", url, "--port", "0"]) == 1
+        dash_err = capsys.readouterr().err.strip()
+        assert swarm(["journal", url]) == 1
+        assert dash_err == capsys.readouterr().err.strip() and dash_err.startswith("error: ")
+        said[url] = dash_err
+    assert "authentication failed" in said[wrong] and "not-the-password" not in said[wrong]
+    assert "cannot reach Redis" in said[down]
+    assert "no journal at" in said[str(tmp_path / "missing.db")]
 
 
 def test_empty_journal_shows_no_campaign_yet_then_the_first_one(tmp_path):
