@@ -168,7 +168,7 @@ function chart(tr) {
     uirevision: tr.name, paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
     font: {color: css("--text"), size: 11}, margin: {l: 52, r: 12, t: 8, b: 30}, hovermode: "closest",
     xaxis: {...axis, type: "date"}, yaxis: {...axis, title: {text: "val_bpb" + (snap.direction === "minimize" ? " (lower is better)" : "")}},
-    legend: {orientation: "h", y: -0.12, font: {size: 10}}, annotations,
+    legend: {orientation: "h", y: innerWidth < 600 ? -0.25 : -0.12, font: {size: 10}}, annotations,
   }, {displayModeBar: false, responsive: true});
   Plotly.react(nz, [{x: tr.noise.map((p) => iso(p.t)), y: tr.noise.map((p) => p.sigma), customdata: tr.noise.map((p) => p.dof),
     mode: "lines", line: {color: css("--accent"), width: 1.5, shape: "hv"}, name: "σ",
@@ -265,7 +265,7 @@ function detailHtml(d) {
   if (!d.candidates.length) out += `<p class="dim">not implemented yet</p>`;
   for (const c of d.candidates) {
     const vals = c.trials.map((t) => `${t.kind} seed ${t.seed}: ${t.value != null ? t.value.toFixed(4) : t.status + (t.crash ? " (" + t.crash + ")" : "")}`);
-    out += `<p><b>candidate ${esc(c.id)}</b> <span class="dim">commit ${esc(c.commit)} on ${esc(c.base)} · built by ${esc(c.implementer || "?")}</span></p>
+    out += `<p><b>candidate ${esc(c.id)}</b> <span class="dim">commit ${esc(c.commit)} on ${esc(c.base)}${c.implementer ? " · built by " + esc(c.implementer) : ""}</span></p>
       <p>${esc(c.verdict)}</p><div class="trial-values">${vals.map(esc).join("<br>") || "no trials yet"}</div>`;
     out += c.diff_html ? `<pre class="diff">${c.diff_html}</pre><div class="dim">diff from the ${esc(c.diff_source)}</div>`
       : `<p class="dim">diff unavailable: the journal holds none and the repository does not have these commits</p>`;
