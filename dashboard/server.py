@@ -1,6 +1,6 @@
 """The dashboard's web server: a starlette app over one followed journal.
 
-    hub = Hub(journal, campaign, secrets=[url])   # a thread replays, then follows the journal
+    hub = Hub(journal, campaign, hidden=[url])    # a thread replays, then follows the journal
     app = make_app(hub, token, need_token, allow_stop)
     with Served(app, host, port) as srv: srv.url  # uvicorn in a thread (tests, bench); the CLI runs it in front
 
@@ -29,7 +29,7 @@ from journal import export
 from journal.backend import JournalError
 from journal.export import event_line
 
-from .state import DashboardState, hypothesis_detail, redact, redact_text, snapshot
+from .state import SECTIONS, DashboardState, hypothesis_detail, redact, redact_text, snapshot
 
 STATIC = Path(__file__).resolve().parent / "static"
 # Seconds a snapshot may be reused when no event arrived (clocks and running trials' hours move).
@@ -53,18 +53,19 @@ def plotly_js() -> Path:
 class Hub:
     """One campaign's state, folded from the journal by a thread; listeners hear of each event."""
 
-    def __init__(self, journal, campaign=None, secrets=(), diff_of=None):
+    def __init__(self, journal, campaign=None, hidden=(), diff_of=None):
         self.journal = journal
         self.wanted = campaign
-        self.secrets = [s for s in secrets if s]
+        self.secrets = [s for s in hidden if s]   # never shown: the journal URL, its password
         self.diff_of = diff_of            # candidate -> diff text from git, or None
         self.state = DashboardState(campaign or "")
         self.lock = threading.Lock()
         self.version = 0
+        self.boot = secrets.token_hex(4)  # a restarted server's sections start their revisions afresh
         self.error = None                 # the journal's last failure, shown on the page
         self.ready = threading.Event()    # the start-up replay is done (or the journal is empty)
         self.listeners = set()            # (loop, asyncio.Queue)
-        self._snap = (None, 0.0, b"")     # (version, built at, json)
+        self._snap = (None, 0.0, None)    # (version, built at, encoded parts)
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dashboard-follow", daemon=True)
 
@@ -115,8 +116,9 @@ class Hub:
                 if self.error:
                     self.error = None
                     self._notify({"version": self.version, "type": "journal", "line": "journal reachable again"})
-            except JournalError as e:   # Redis restarted, a network blip: say so, keep trying
-                self.error = redact_text(str(e), self.secrets)
+            except Exception as e:   # Redis restarted, a network blip: say so on the page, keep trying
+                why = str(e) if isinstance(e, JournalError) else f"{type(e).__name__}: {e}"
+                self.error = redact_text(why, self.all_secrets())
                 self._notify({"version": self.version, "type": "error", "line": self.error})
                 self._closing.wait(RETRY_S)
 
@@ -132,20 +134,20 @@ class Hub:
                 self.listeners.discard((loop, queue))
 
     # -- what the routes read ------------------------------------------------------------
-    def snapshot_json(self) -> bytes:
+    def snapshot_json(self, have=None) -> bytes:
+        """The snapshot as JSON. have: {section: revision} the page holds already (from
+        ?have=track:NAME.3,hypotheses.7): those sections come as null, so after the first load
+        a new event costs the page only what it changed."""
         now = time.time()
         with self.lock:
-            version, built, data = self._snap
-            if version == self.version and now - built < SNAPSHOT_MAX_AGE_S:
-                return data
-            snap = snapshot(self.state, now, self.secrets)
-            version = self.version
-        snap.update(version=version, error=self.error, ready=self.ready.is_set())
-        data = json.dumps(snap, separators=(",", ":")).encode()
-        with self.lock:
-            if version >= (self._snap[0] or 0):
-                self._snap = (version, now, data)
-        return data
+            version, built, parts = self._snap
+            if version != self.version or now - built >= SNAPSHOT_MAX_AGE_S:
+                snap = snapshot(self.state, now)
+                version = self.version
+                snap.update(version=version, error=self.error, ready=self.ready.is_set(), boot=self.boot)
+                parts = _encode_parts(snap, self.all_secrets())
+                self._snap = (version, now, parts)
+        return _assemble(parts, have or {})
 
     def detail(self, hid):
         with self.lock:
@@ -161,6 +163,56 @@ class Hub:
             return view
 
 
+def _encode_parts(snap, hidden) -> tuple:
+    """(JSON of the small top-level fields, track names, {section: (revision, JSON)}) of a
+    snapshot, redacted; each section is encoded once per snapshot, not once per request.
+    Redaction runs over the JSON text: one pass of a few regexes, not one per value (and the
+    value by value way when hiding a literal secret broke the JSON: a password like `12345`)."""
+    def dumps(obj):
+        raw = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+        text = redact_text(raw, hidden)
+        if text != raw:
+            try:
+                json.loads(text)
+            except ValueError:
+                text = json.dumps(redact(obj, hidden), separators=(",", ":"), ensure_ascii=False)
+        return text
+    revs = snap.get("revs") or {}
+    sections = {}
+    for tr in snap.get("tracks") or []:
+        name = f"track:{tr['name']}"
+        sections[name] = (revs.get(name), dumps(tr))
+    for name in SECTIONS:
+        if name in snap:
+            sections[name] = (revs.get(name), dumps(snap[name]))
+    base = {k: v for k, v in snap.items() if k not in SECTIONS and k != "tracks"}
+    base["track_names"] = [tr["name"] for tr in snap.get("tracks") or []]
+    return dumps(base), base["track_names"], sections
+
+
+def _assemble(parts, have) -> bytes:
+    base, names, sections = parts
+    if not sections:            # an empty journal: nothing but the top-level fields
+        return base.encode()
+
+    def part(name):
+        rev, text = sections[name]
+        return "null" if rev is not None and have.get(name) == str(rev) else text
+    tracks = ",".join(part(f"track:{n}") for n in names)
+    rest = "".join(f',"{name}":{part(name)}' for name in SECTIONS)
+    return (base[:-1] + f',"tracks":[{tracks}]' + rest + "}").encode()
+
+
+def parse_have(text: str) -> dict:
+    """?have=track:NAME.3,hypotheses.7 -> {"track:NAME": "3", "hypotheses": "7"}."""
+    out = {}
+    for item in (text or "").split(","):
+        name, _, rev = item.rpartition(".")
+        if name and rev:
+            out[name] = rev
+    return out
+
+
 def _html_diff(diff: str) -> str:
     """A unified diff as syntax-highlighted HTML (pygments: CSS classes, styled by the page)."""
     from pygments import highlight
@@ -174,27 +226,45 @@ def diff_css() -> str:
     return HtmlFormatter(style="github-dark").get_style_defs(".diff")
 
 
+COOKIE = "swarm_dashboard_token"
+
+
 class TokenGate:
-    """ASGI middleware: with need_token, every request must carry ?token= (or a Bearer header)."""
+    """ASGI middleware: with need_token, every request must carry the token: ?token= or a Bearer
+    header (token_given: what a write needs), or the cookie the page got with its first load
+    (so the page's own assets load; SameSite=Strict, so no other site's request carries it)."""
 
     def __init__(self, app, token, need_token):
         self.app, self.token, self.need = app, token, need_token
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            scope.setdefault("state", {})["token_ok"] = self._ok(scope)
-            if self.need and not scope["state"]["token_ok"]:
+            given, cookie = self._given(scope)
+            state = scope.setdefault("state", {})
+            state["token_given"] = self._match(given)
+            state["token_ok"] = state["token_given"] or self._match(cookie)
+            if self.need and not state["token_ok"]:
                 from starlette.responses import PlainTextResponse
                 resp = PlainTextResponse("403: this dashboard needs its token: open the full URL that "
                                          "`swarm dashboard` printed (it ends in ?token=...)\n", status_code=403)
                 return await resp(scope, receive, send)
         return await self.app(scope, receive, send)
 
-    def _ok(self, scope) -> bool:
+    def _given(self, scope):
+        """(token from the query or an Authorization header, token from the cookie)."""
         given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
+        cookie = ""
         for k, v in scope.get("headers", []):
             if k == b"authorization" and v.lower().startswith(b"bearer "):
                 given = v[7:].decode("latin-1").strip()
+            elif k == b"cookie":
+                for part in v.decode("latin-1").split(";"):
+                    name, _, value = part.strip().partition("=")
+                    if name == COOKIE:
+                        cookie = value
+        return given, cookie
+
+    def _match(self, given) -> bool:
         return bool(given) and secrets.compare_digest(given.encode(), self.token.encode())
 
 
@@ -209,10 +279,13 @@ def make_app(hub: Hub, token: str, need_token: bool, allow_stop: bool, stop_jour
     from starlette.routing import Route
 
     def can_write(request) -> bool:
-        return allow_stop and request.scope.get("state", {}).get("token_ok", False)
+        return allow_stop and request.scope.get("state", {}).get("token_given", False)
 
     async def page(request):
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+        resp = FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+        if request.scope.get("state", {}).get("token_given"):   # the page's assets need no ?token=
+            resp.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return resp
 
     async def asset(request):
         name = request.path_params["name"]
@@ -225,7 +298,7 @@ def make_app(hub: Hub, token: str, need_token: bool, allow_stop: bool, stop_jour
         return FileResponse(files[name], headers={"Cache-Control": cache})
 
     async def state(request):
-        data = await run_in_threadpool(hub.snapshot_json)
+        data = await run_in_threadpool(hub.snapshot_json, parse_have(request.query_params.get("have", "")))
         # can_stop depends on the request (token), so it is spliced in rather than cached
         tail = b',"can_stop":' + (b"true" if can_write(request) else b"false") + b"}"
         return Response(data[:-1] + tail, media_type="application/json", headers={"Cache-Control": "no-store"})
@@ -304,7 +377,7 @@ def make_app(hub: Hub, token: str, need_token: bool, allow_stop: bool, stop_jour
     routes = [Route("/", page), Route("/static/{name}", asset), Route("/api/state", state),
               Route("/api/events", events), Route("/api/hypothesis/{hid}", hypothesis),
               Route("/download/{name}", download), Route("/api/stop", stop, methods=["POST"])]
-    middleware = [Middleware(GZipMiddleware, minimum_size=1024)]
+    middleware = [Middleware(GZipMiddleware, minimum_size=1024, compresslevel=4)]   # fast, still ~8x
     if loopback:   # a page on 127.0.0.1 answers to its own names only (no DNS rebinding)
         middleware.insert(0, Middleware(TrustedHostMiddleware,
                                         allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1"]))

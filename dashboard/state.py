@@ -3,7 +3,7 @@ plus the few histories the page draws and the views do not keep (live loss curve
 the noise floor over time, agent spend over time, candidate diffs).
 
     state = DashboardState(tag); state.apply(ev, pos) ...   # like views.CampaignState
-    snapshot(state, now)                                    # everything on the page (secrets redacted)
+    redact_text(json.dumps(snapshot(state, now)), secrets)  # everything on the page, secrets hidden
     hypothesis_detail(state, hid, diff_source)              # one table row opened: diff, verdict, trials
 
 Every payload leaves through redact(): no password, key or journal URL reaches a
@@ -13,13 +13,14 @@ browser, whatever an older writer put into the journal.
 import bisect
 import functools
 import itertools
+import json
 import math
 import re
 from collections import deque
 
 from coordinator.stats import t_cdf
 from journal.export import effect_text, event_line, one_line, short, trial_status
-from journal.views import VAL_KINDS, CampaignState, mean
+from journal.views import VAL_KINDS, CampaignState
 
 # Loss points kept per running trial (its curve on the workers panel).
 CURVE_POINTS = 300
@@ -49,19 +50,22 @@ SECRET_KEY = re.compile(r"(password|passwd|secret|api[_-]?key|credential|(^|_)to
                         r"journal_url|^env$|^anthropic)", re.I)
 # A URL with credentials (redis://:pw@host:port/0, https://user:pw@host/...) or any Redis URL
 # (a journal's address) -> scheme://***: neither the password nor where the journal lives
-URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]*@[^\s'\"]*|(rediss?://)[^\s'\"]+")
+# (the character classes stop at a backslash too, so redacting JSON text never eats an escape)
+URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"\\]*@[^\s'\"\\]*|(rediss?://)[^\s'\"\\]+")
 # password=..., token: ..., API keys in free text (lab notes, log tails)
 SECRET_TEXT = re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|requirepass)(\s*[=:]\s*|\s+)"
-                         r"[^\s,;'\"]+")
+                         r"[^\s,;'\"\\]+")
 API_KEY_TEXT = re.compile(r"\b(sk-[A-Za-z0-9_-]{8,}|ghp_[A-Za-z0-9]{8,}|xox[bp]-[A-Za-z0-9-]{8,})")
 HIDDEN = "***"
 MAYBE_SECRET = re.compile(r"://|sk-|ghp_|xox|(?i:password|passwd|pwd|secret|token|api[_-]?key|requirepass)")
 
 
 def redact_text(s: str, extra=()) -> str:
+    """Text (or JSON text) with credentials and the literal secrets in `extra` hidden."""
     for secret in extra:
-        if secret and secret in s:
-            s = s.replace(secret, HIDDEN)
+        for form in (secret, json.dumps(secret)[1:-1]) if secret else ():   # as is, and JSON-escaped
+            if form in s:
+                s = s.replace(form, HIDDEN)
     if not MAYBE_SECRET.search(s):      # most strings: one search instead of three substitutions
         return s
     s = URL_CREDENTIALS.sub(lambda m: (m.group(1) or m.group(2)) + HIDDEN, s)
@@ -122,7 +126,7 @@ def t_quantile(p: float, dof: int) -> float:
 
 
 def _erfinv(y: float) -> float:
-    """Inverse of math.erf by Newton's method (a few steps from a good start)."""
+    """Inverse of math.erf by Newton's method from 0 (converges in a few steps for |y| < 0.999)."""
     x = 0.0
     for _ in range(60):
         step = (math.erf(x) - y) / (2 / math.sqrt(math.pi) * math.exp(-x * x))
@@ -157,6 +161,7 @@ class DashboardState(CampaignState):
         self.recent = deque(maxlen=40)  # the latest events but progress (one line each on the page)
         self.secrets = set()       # literal secrets found in the journal itself (see secrets_in)
         self.cache, self.dirty = {}, set()   # snapshot sections built, and those events touched since
+        self.revs = {}             # section -> how many times it was rebuilt
 
     def apply(self, event, pos=None):
         if event.type in ("campaign_started", "campaign_resumed"):
@@ -251,14 +256,17 @@ def _track_view(state: DashboardState, name, now, half_t):
     """The chart of one track: trial dots (columns), mainline steps with the band, promotions
     and reverts, held-out line, noise floor over time."""
     dots = {k: [] for k in ("id", "t", "v", "cls", "kind", "seed", "commit", "label", "worker")}
+    texts = {}          # a dot's label is an index into dots["labels"] (many trials share one)
     for t in state.trials_of(track=name):
         if t.finished is None or t.kind == "heldout":
             continue
         status = trial_status(state, t)
+        label = texts.setdefault(_label(state, t), len(texts))
         for k, x in (("id", t.trial_id), ("t", t.finished), ("v", _round(t.value)),
                      ("cls", DOT_CLASS.get(status, status)), ("kind", t.kind), ("seed", t.seed),
-                     ("commit", short(t.commit)), ("label", _label(state, t)), ("worker", t.worker)):
+                     ("commit", short(t.commit)), ("label", label), ("worker", t.worker)):
             dots[k].append(x)
+    dots["labels"] = list(texts)
     sigma, dof = state.live_noise(name)
     labels = {}
     for c in state.candidates.values():
@@ -399,42 +407,47 @@ def _half_t(dof):
     return t_quantile(1 - (1 - BAND_CONFIDENCE) / 2, dof) if dof else 1.959964
 
 
-def _section(state, name, now, secrets):
-    """One part of the snapshot, built from the state (and redacted)."""
+def _section(state, name, now):
+    """One part of the snapshot, built from the state."""
     if name.startswith("track:"):
-        return redact(_track_view(state, name[6:], now, _half_t), secrets)
+        return _track_view(state, name[6:], now, _half_t)
     if name == "hypotheses":
         done = {}
         for t in state.trials.values():
             if t.candidate_id and t.status != "running":
                 done[t.candidate_id] = done.get(t.candidate_id, 0) + 1
         hyps = sorted(state.hypotheses.values(), key=lambda h: h.time or 0.0)
-        return redact([_hypothesis_row(state, h, _half_t, done) for h in hyps], secrets)
+        return [_hypothesis_row(state, h, _half_t, done) for h in hyps]
     if name == "promotions":
-        return redact(_promotion_costs(state, now), secrets)
+        return _promotion_costs(state, now)
     if name == "notes":
-        return redact([{"t": ev.time, "author": one_line(ev.data.get("author") or ev.source),
-                        "title": one_line(ev.data.get("title") or "untitled"), "text": str(ev.data.get("text") or "")}
-                       for ev in state.notes], secrets)
+        return [{"t": ev.time, "author": one_line(ev.data.get("author") or ev.source),
+                 "title": one_line(ev.data.get("title") or "untitled"), "text": str(ev.data.get("text") or "")}
+                for ev in state.notes]
     if name == "usage":
-        return redact([{"agent": a, "model": m, "calls": u.calls, "input": u.input_tokens, "output": u.output_tokens,
-                        "cache_read": u.cache_read_tokens, "cache_write": u.cache_write_tokens,
-                        "usd": _round(u.cost_usd, 4), "latency": _round(u.latency_s / u.calls, 2) if u.calls else None}
-                       for (a, m), u in sorted(state.usage.items())], secrets)
+        return [{"agent": a, "model": m, "calls": u.calls, "input": u.input_tokens, "output": u.output_tokens,
+                 "cache_read": u.cache_read_tokens, "cache_write": u.cache_write_tokens,
+                 "usd": _round(u.cost_usd, 4), "latency": _round(u.latency_s / u.calls, 2) if u.calls else None}
+                for (a, m), u in sorted(state.usage.items())]
     raise KeyError(name)
 
 
-def snapshot(state: DashboardState, now: float, secrets=()) -> dict:
-    """Everything the page shows, JSON-ready and redacted. Sections that no event touched since
-    the last call are reused (state.cache), so a progress report costs the workers panel only."""
+SECTIONS = ("hypotheses", "promotions", "notes", "usage")
+
+
+def snapshot(state: DashboardState, now: float) -> dict:
+    """Everything the page shows, JSON-ready, NOT redacted: pass its JSON text through
+    redact_text(text, state.secrets + yours) before it leaves (dashboard/server.py does). Sections
+    that no event touched since the last call are reused (state.cache), so a progress report
+    costs the workers panel only; each section's revision (state.revs) moves when it is rebuilt."""
     if not state.campaign or not state.count:
         return {"campaign": state.campaign or None, "empty": True}
-    secrets = [*secrets, *state.secrets]
     now = min(now, state.stopped) if state.stopped else now   # a stopped campaign's clock stands still
     names = [n for n in state.track_names() if n != "?"]
-    for name in [f"track:{n}" for n in names] + ["hypotheses", "promotions", "notes", "usage"]:
+    for name in [f"track:{n}" for n in names] + list(SECTIONS):
         if name not in state.cache or name in state.dirty or "all" in state.dirty:
-            state.cache[name] = _section(state, name, now, secrets)
+            state.cache[name] = _section(state, name, now)
+            state.revs[name] = state.revs.get(name, 0) + 1      # the page redraws a section when it moves
     state.dirty.clear()
     tracks = [state.cache[f"track:{n}"] for n in names]
     promotions, usage = state.cache["promotions"], state.cache["usage"]
@@ -447,7 +460,7 @@ def snapshot(state: DashboardState, now: float, secrets=()) -> dict:
     return {
         "campaign": state.campaign, "empty": False, "now": now, "direction": state.direction,
         "running": state.started is not None and state.stopped is None,
-        "stop_reason": redact_text(state.stop_reason or "", secrets) or None,
+        "stop_reason": state.stop_reason or None,
         "started": state.started or state.first_time, "stopped": state.stopped, "last_time": state.last_time,
         "events": state.count,
         "header": {"elapsed_s": _round(((state.stopped or now) - (state.started or state.first_time or now)), 1),
@@ -460,13 +473,13 @@ def snapshot(state: DashboardState, now: float, secrets=()) -> dict:
                    "usd": _round(sum(u["usd"] or 0 for u in usage), 4),
                    "heldout_gain_per_h": _round(sum(gains) / accel_h, 5) if gains and accel_h > 0 else None},
         "tracks": tracks,
-        "workers": redact([_worker_view(state, w, now) for w in sorted(state.workers.values(), key=lambda w: w.worker)],
-                          secrets),
+        "workers": [_worker_view(state, w, now) for w in sorted(state.workers.values(), key=lambda w: w.worker)],
         "hypotheses": state.cache["hypotheses"],
         "promotions": promotions,
         "notes": state.cache["notes"],
         "usage": usage,
-        "recent": [redact_text(event_line(ev), secrets) for ev in state.recent],
+        "recent": [event_line(ev) for ev in state.recent],
+        "revs": {k: state.revs[k] for k in [f"track:{n}" for n in names] + list(SECTIONS)},
         "unknown": len(state.unknown),
     }
 

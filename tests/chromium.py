@@ -15,7 +15,6 @@ import base64
 import itertools
 import json
 import os
-import queue
 import shutil
 import subprocess
 import tempfile

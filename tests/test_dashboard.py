@@ -13,6 +13,7 @@ import pytest
 import requests
 from dashboard_helpers import Dashboard, band_paths, chart_points, progress_of, wait_for
 
+from dashboard.server import COOKIE
 from dashboard.state import DashboardState, hypothesis_detail, redact
 from journal import Event, export, open_journal
 from journal.views import replay
@@ -155,6 +156,8 @@ def test_new_journal_event_reaches_a_connected_client(dash, journal_path):
 
 def test_stop_needs_the_token(dash):
     assert requests.post(dash.url("/api/stop", token=False), timeout=30).status_code == 403
+    assert requests.post(dash.url("/api/stop", token=False), cookies={COOKIE: dash.token},
+                         timeout=30).status_code == 403          # a write needs the token itself
     r = requests.post(dash.url("/api/stop"), timeout=30).json()
     assert r["ok"] is False and "not running" in r["message"]     # the demo campaign has stopped
 
@@ -183,6 +186,11 @@ def test_lan_bind_refuses_every_request_without_the_token(journal_path):
         assert d.get("/api/state").json()["campaign"] == "demo"
         assert d.get("/api/state").json()["can_stop"] is False           # no --allow-stop: read-only
         assert requests.post(d.url("/api/stop"), timeout=30).status_code == 403
+        page = d.get("/")               # the page's own assets then load with the cookie it sets
+        assert page.cookies.get(COOKIE) == d.token and "SameSite=strict" in page.headers["set-cookie"]
+        assert requests.get(d.base + "/static/app.js", cookies={COOKIE: d.token}, timeout=30).status_code == 200
+        assert requests.get(d.base + "/static/app.js", cookies={COOKIE: "x" + d.token}, timeout=30).status_code == 403
+        assert 'data-rendered="campaign"' in d.dom()                       # the whole page, in chromium
 
 
 def test_bad_journal_gives_the_messages_of_swarm_journal(redis_server, tmp_path, capsys):
@@ -244,3 +252,23 @@ def test_diff_comes_from_git_when_the_journal_has_none(tmp_path):
     assert got["diff_source"] == "git" and "+DEPTH = 5" in got["diff"] and "-DEPTH = 4" in got["diff"]
     none = hypothesis_detail(st, "h", _diff_source(str(tmp_path)))["candidates"][0]
     assert none["diff"] is None and none["diff_source"] is None
+
+
+def test_state_sends_only_the_sections_that_moved(dash, journal_path):
+    first = dash.state()
+    have = ",".join(f"{k}.{v}" for k, v in first["revs"].items())
+    again = dash.get("/api/state", params={"have": have}).json()
+    assert again["tracks"] == [None] * len(first["tracks"]) and again["hypotheses"] is None
+    assert again["workers"] == first["workers"]                   # always sent
+    with open_journal(journal_path, campaign="demo") as j:
+        j.emit("lab_note", source="test", author="test", title="moved", text="only the notes moved")
+    moved = wait_for("the note", lambda: (lambda s: s if s["notes"] else None)(
+        dash.get("/api/state", params={"have": have}).json()), timeout=30)
+    assert moved["notes"][-1]["title"] == "moved" and moved["hypotheses"] is None and moved["tracks"][0] is None
+
+
+def test_a_literal_secret_that_would_break_the_json_is_hidden_value_by_value():
+    import json
+    from dashboard.server import _encode_parts
+    base, _names, _sections = _encode_parts({"campaign": "c", "n": 27182818, "note": "pw is 27182818"}, ["27182818"])
+    assert json.loads(base) == {"campaign": "c", "n": 27182818, "note": "pw is ***", "track_names": []}

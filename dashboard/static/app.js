@@ -1,6 +1,7 @@
 // The dashboard page: fetch the snapshot (/api/state), draw it, redraw when the event stream
 // (/api/events) says the journal moved. One fetch in flight at a time; a burst of events is one redraw.
 "use strict";
+window.__scripts = performance.now();   // plotly.js and this file loaded (bench/dashboard.py reads these marks)
 
 const TOKEN = new URLSearchParams(location.search).get("token") || "";
 const Q = TOKEN ? "?token=" + encodeURIComponent(TOKEN) : "";
@@ -15,6 +16,7 @@ const REFRESH_IDLE_MS = 15000;   // redraw this often with no event (clocks, "la
 const LOG_LINES = 60;
 
 let snap = null, trackIdx = 0, inflight = false, dirty = false, shown = -1;
+let drawn = {};                  // section -> the revision on screen (the server counts rebuilds)
 let sortKey = "time", sortDir = 1;
 const open = new Set();          // hypothesis rows opened
 const details = {};              // hypothesis id -> detail (refetched when its status changes)
@@ -38,12 +40,23 @@ const ago = (t) => t && snap ? dur(snap.now - t) + " ago" : "–";
 function refresh() {
   if (inflight) { dirty = true; return; }
   inflight = true;
-  fetch("api/state" + Q, {cache: "no-store"}).then((r) => r.json()).then((s) => {
+  // sections this page holds already come back as null: only what moved crosses the wire
+  const have = snap && !snap.empty ? Object.entries(snap.revs).map(([k, v]) => k + "." + v).join(",") : "";
+  const url = "api/state" + Q + (have ? (Q ? "&" : "?") + "have=" + encodeURIComponent(have) : "");
+  fetch(url, {cache: "no-store"}).then((r) => r.json()).then((s) => {
+    if (!window.__fetched) window.__fetched = performance.now();
+    if (snap && !snap.empty && s.boot === snap.boot) keep(s, snap);
     snap = s; shown = s.version; render();
   }).catch((e) => banner("cannot reach the dashboard server: " + e)).finally(() => {
     inflight = false;
     if (dirty) { dirty = false; refresh(); }
   });
+}
+
+function keep(s, old) {   // fill the sections the server left out (null) from the previous snapshot
+  const tracks = Object.fromEntries(old.tracks.map((t) => [t.name, t]));
+  s.tracks = s.track_names.map((n, i) => s.tracks[i] || tracks[n]);
+  for (const k of ["hypotheses", "promotions", "notes", "usage"]) if (s[k] == null) s[k] = old[k];
 }
 
 function listen() {
@@ -94,7 +107,14 @@ function render() {
   const tr = s.tracks[trackIdx];
   $("dl-tsv").href = "download/results.tsv" + Q + (tr ? (Q ? "&" : "?") + "track=" + encodeURIComponent(tr.name) : "");
   $("dl-md").href = "download/journal.md" + Q;
-  cards(s); tabs(s); chart(tr); workers(s); hypotheses(s); promotions(s); notes(s); usage(s);
+  if (drawn.boot !== s.boot) drawn = {boot: s.boot};
+  cards(s); tabs(s); workers(s);
+  const once = (key, rev, draw) => { if (drawn[key] !== rev) { draw(); drawn[key] = rev; } };
+  once("chart", tr ? tr.name + ":" + s.revs["track:" + tr.name] : "", () => chart(tr));
+  once("hypotheses", s.revs.hypotheses, () => hypotheses(s));
+  once("promotions", s.revs.promotions, () => promotions(s));
+  once("notes", s.revs.notes, () => notes(s));
+  once("usage", s.revs.usage, () => usage(s));
   document.body.dataset.rendered = "campaign";
   if (!window.__firstPaint) window.__firstPaint = performance.now();   // bench/dashboard.py reads it
 }
