@@ -93,9 +93,11 @@ def test_chromium_sees_the_progress_bar_move_and_every_trial(live):
         drawn, trials = browser.eval(page, """[document.querySelectorAll('#chart path.point.plotly-customdata').length,
             snap.tracks[trackIdx].dots.id.length]""")
         assert drawn == trials >= 3
-        html = browser.wait(page, "snap.tracks[0].mainline.length && snap.tracks[0].mainline[0].hi != null "
-                                  "&& document.documentElement.outerHTML", timeout=240)
-        assert band_paths(html) and chart_points(html) == browser.eval(page, "snap.tracks[0].dots.id.length")
+        # the band, once the noise floor is measured (DOM and data read in one go: the page moves)
+        html, dots = browser.wait(page, "snap.tracks[0].mainline.length && snap.tracks[0].mainline[0].hi != null "
+                                        "&& [document.documentElement.outerHTML, snap.tracks[trackIdx].dots.id.length]",
+                                  timeout=240)
+        assert band_paths(html) and chart_points(html) == dots
 
 
 def test_a_candidate_opens_with_its_diff(live):
