@@ -140,11 +140,11 @@ def start_server(path):
 
 
 OBSERVE = """window.__seen = {}; new MutationObserver(() => {
-  const n = document.querySelectorAll('#chart path.point.plotly-customdata').length;
+  const n = +document.getElementById('chart').dataset.points;
   if (!(n in window.__seen)) window.__seen[n] = Date.now();
   const notes = document.getElementById('notes').textContent;
   for (const m of notes.matchAll(/bench-note-(\\d+)/g)) if (!(m[0] in window.__seen)) window.__seen[m[0]] = Date.now();
-}).observe(document.body, {subtree: true, childList: true, characterData: true}); true"""
+}).observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true}); true"""
 
 
 def event_latencies(browser, page, path, repeats):
@@ -158,7 +158,7 @@ def event_latencies(browser, page, path, repeats):
             j.emit("trial_started", source="mac-0", trial_id=tid, worker="mac-0", track=track, commit="0" * 40,
                    seed=10_000 + i, kind="baseline")
             time.sleep(0.3)
-            before = browser.eval(page, "document.querySelectorAll('#chart path.point.plotly-customdata').length")
+            before = browser.eval(page, "+document.getElementById('chart').dataset.points")
             t0 = time.time()
             j.emit("trial_finished", source="mac-0", trial_id=tid, worker="mac-0", track=track, commit="0" * 40,
                    seed=10_000 + i, kind="baseline", status="ok", val_bpb=1.0)

@@ -153,14 +153,17 @@ class Hub:
         with self.lock:
             return hypothesis_detail(self.state, hid, self.diff_of, self.secrets)
 
-    def export_view(self):
-        """A copy of the state to export, with its recorded config redacted (older journals hold
-        the journal URL, password included, in campaign_started)."""
+    def export(self, name, track=None):
+        """(campaign, text) of results.tsv (of one track, or all) or journal.md, redacted. Under the
+        lock: the follower must not change the state mid-export. The config is redacted first
+        (older journals hold the journal URL, password included, in campaign_started)."""
         with self.lock:
             view = copy.copy(self.state)
             view.config = redact(self.state.config)
-            view.trials = dict(self.state.trials)
-            return view
+            if track:
+                view.trials = {k: t for k, t in self.state.trials.items() if t.track == track}
+            text = export.tsv(view) if name == "results.tsv" else export.markdown(view)
+            return view.campaign, redact_text(text, self.all_secrets())
 
 
 def _encode_parts(snap, hidden) -> tuple:
@@ -341,19 +344,12 @@ def make_app(hub: Hub, token: str, need_token: bool, allow_stop: bool, stop_jour
 
     async def download(request):
         name = request.path_params["name"]
-        view = await run_in_threadpool(hub.export_view)
-        track = request.query_params.get("track")
-        if name == "results.tsv":
-            if track:
-                view.trials = {k: t for k, t in view.trials.items() if t.track == track}
-            body, kind = await run_in_threadpool(export.tsv, view), "text/tab-separated-values"
-        elif name == "journal.md":
-            body, kind = await run_in_threadpool(export.markdown, view), "text/markdown"
-        else:
+        kinds = {"results.tsv": "text/tab-separated-values", "journal.md": "text/markdown"}
+        if name not in kinds:
             return Response("not found\n", status_code=404, media_type="text/plain")
-        fname = f"{view.campaign or 'campaign'}-{name}"
-        return Response(redact_text(body, hub.all_secrets()), media_type=kind + "; charset=utf-8",
-                        headers={"Content-Disposition": f'attachment; filename="{fname}"'})
+        tag, body = await run_in_threadpool(hub.export, name, request.query_params.get("track"))
+        return Response(body, media_type=kinds[name] + "; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{tag or "campaign"}-{name}"'})
 
     async def stop(request):
         if not can_write(request):

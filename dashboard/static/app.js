@@ -13,6 +13,7 @@ const CLASSES = [  // trial dots: class from the server -> legend name, colour v
   ["aborted", "aborted", "--dim", "circle-open"],
 ];
 const REFRESH_IDLE_MS = 15000;   // redraw this often with no event (clocks, "last seen")
+const SVG_DOTS = 2000;           // above this many trials a track's dots are drawn with WebGL (scattergl)
 const LOG_LINES = 60;
 
 let snap = null, trackIdx = 0, inflight = false, dirty = false, shown = -1;
@@ -164,15 +165,16 @@ function chart(tr) {
       mode: "lines", line: {color: css("--heldout"), width: 1.5, dash: "dash", shape: "hv"}, name: "held-out test_bpb",
       hovertemplate: "held-out test_bpb %{y:.4f}<extra></extra>"});
   }
+  const type = d.id.length > SVG_DOTS ? "scattergl" : "scatter";   // SVG: one DOM node per dot
   const vals = d.v.filter((v) => v != null);
   const top = vals.length ? Math.max(...vals) : 0;
   for (const [cls, name, colour, symbol] of CLASSES) {
     const idx = d.cls.map((c, i) => c === cls ? i : -1).filter((i) => i >= 0);
     if (!idx.length) continue;
     traces.push({x: idx.map((i) => iso(d.t[i])), y: idx.map((i) => d.v[i] == null ? top : d.v[i]),
-      mode: "markers", type: "scatter", name, marker: {color: css(colour), symbol, size: symbol === "x" ? 9 : 7,
+      mode: "markers", type, name, marker: {color: css(colour), symbol, size: symbol === "x" ? 9 : 7,
         line: {width: symbol === "circle-open" ? 1.5 : 0}},
-      customdata: idx.map((i) => [esc(d.label[i]), d.commit[i], d.seed[i], d.v[i] == null ? "no value" : d.v[i].toFixed(4),
+      customdata: idx.map((i) => [esc(d.labels[d.label[i]]), d.commit[i], d.seed[i], d.v[i] == null ? "no value" : d.v[i].toFixed(4),
         d.worker[i] || "?", d.kind[i]]),
       hovertemplate: "%{customdata[0]}<br>%{customdata[5]} · commit %{customdata[1]} · seed %{customdata[2]}" +
         "<br>val_bpb %{customdata[3]} · %{customdata[4]}<extra></extra>"});
@@ -190,6 +192,7 @@ function chart(tr) {
     xaxis: {...axis, type: "date"}, yaxis: {...axis, title: {text: "val_bpb" + (snap.direction === "minimize" ? " (lower is better)" : "")}},
     legend: {orientation: "h", y: innerWidth < 600 ? -0.25 : -0.12, font: {size: 10}}, annotations,
   }, {displayModeBar: false, responsive: true});
+  el.dataset.points = d.id.length;      // what was drawn (bench/dashboard.py watches it)
   Plotly.react(nz, [{x: tr.noise.map((p) => iso(p.t)), y: tr.noise.map((p) => p.sigma), customdata: tr.noise.map((p) => p.dof),
     mode: "lines", line: {color: css("--accent"), width: 1.5, shape: "hv"}, name: "σ",
     hovertemplate: "σ %{y:.5f} bpb · dof %{customdata}<extra></extra>"}], {
