@@ -86,21 +86,22 @@ class Hub:
         return have[0] if have else None
 
     def _run(self):
-        pos = None
+        pos, replayed = None, False
         while not self._closing.is_set():
             try:
-                if self.journal.campaign is None:
+                if not replayed:      # (again from the start if the journal failed halfway)
                     tag = self._choose()
                     if tag is None:
                         self.ready.set()
                         self._closing.wait(EMPTY_POLL_S)
                         continue
-                    self.journal.campaign = tag
+                    self.journal.campaign, pos = tag, None
                     state = DashboardState(tag)
                     for pos, ev in self.journal.read():   # the start-up replay, off the lock
                         state.apply(ev, pos)
                     with self.lock:
                         self.state, self.version = state, self.version + 1
+                    replayed = True
                     self.ready.set()
                     self._notify({"version": self.version, "type": "replayed", "line": ""})
                 for p, ev in self.journal.follow(after=pos, timeout=FOLLOW_IDLE_S):

@@ -18,7 +18,8 @@ const LOG_LINES = 60;
 
 let snap = null, trackIdx = 0, inflight = false, dirty = false, shown = -1;
 let drawn = {};                  // section -> the revision on screen (the server counts rebuilds)
-let sortKey = "time", sortDir = 1;
+let sortKey = "time", sortDir = -1;  // newest first
+const MAX_ROWS = 300;            // hypotheses rows drawn at once (the filter finds the others)
 const open = new Set();          // hypothesis rows opened
 const details = {};              // hypothesis id -> detail (refetched when its status changes)
 
@@ -264,7 +265,7 @@ function hypotheses(s) {
     th.className = (th.classList.contains("num") ? "num " : "") + (th.dataset.key === sortKey ? (sortDir > 0 ? "asc" : "desc") : "");
   }
   const html = [];
-  for (const h of rows) {
+  for (const h of rows.slice(0, MAX_ROWS)) {
     const ci = h.lo != null ? ` <span class="dim">[${num(h.lo, 4, true)}, ${num(h.hi, 4, true)}]</span>` : "";
     const word = h.status.split(",").pop().trim().split(" ")[0];
     html.push(`<tr class="row" data-id="${esc(h.id)}"><td>${esc(h.title)}</td><td>${esc(h.agent)}</td>
@@ -272,6 +273,10 @@ function hypotheses(s) {
       <td class="num">${h.sigma == null ? "–" : num(h.sigma, 1, true)}</td><td class="num">${num(h.p, 4)}</td>
       <td class="num">${h.trials}</td></tr>`);
     if (open.has(h.id)) html.push(`<tr class="detail" data-for="${esc(h.id)}"><td colspan="7">${detail(h)}</td></tr>`);
+  }
+  if (rows.length > MAX_ROWS) {
+    html.push(`<tr><td colspan="7" class="dim">showing ${MAX_ROWS} of ${rows.length.toLocaleString()}: ` +
+      `filter or sort to see the others</td></tr>`);
   }
   $("hyps").tBodies[0].innerHTML = html.join("") || `<tr><td colspan="7" class="dim">no hypotheses yet</td></tr>`;
   for (const tr of document.querySelectorAll("#hyps tr.row")) tr.onclick = () => toggle(tr.dataset.id);
