@@ -31,7 +31,6 @@ import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import requests
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -200,6 +199,7 @@ def download_single_shard(index, data_dir=None, base_url=None, attempts=None, ba
         print(f"  {filename}: existing file is not a valid parquet shard, re-downloading")
         os.remove(filepath)
 
+    import requests  # here, not at the top: train.py and the evaluator import this file and never download
     url = f"{base_url}/{filename}"
     last_error = None
     for attempt in range(1, attempts + 1):

@@ -23,7 +23,7 @@ train.py on a generated tiny-profile corpus, through the worker with the sandbox
   sandbox start   bubblewrap + a python start vs a plain python start (x2: training, evaluator)
   checkpoint      save_weights in the training process + load in the evaluator (tiny model)
   evaluator       its process start, imports, tokenizer, model rebuild (before any data is scored)
-  probe           the causality probe (two forward passes of PROBE_ROWS rows)
+  probe           the causality probe (one forward pass of the probe rows and their changed copies)
   eval tok/s      the evaluator's scoring vs the same model scored in-process by evaluate_bpb
 and the fixed costs as a share of a 60 s tiny-profile trial and of a 300 s default-profile trial.
 
@@ -216,7 +216,8 @@ def integrity(n_trials: int):
     print(f"  evaluator data       {ev_data * 1000:7.0f} ms   (tokenizer, token bytes, eval rows: the old path "
           f"paid this inside train.py too)")
     print(f"  model rebuild + load {ev_model * 1000:7.0f} ms")
-    print(f"  causality probe      {ev_probe * 1000:7.0f} ms")
+    print(f"  causality probe      {ev_probe * 1000:7.0f} ms   (one forward pass; the model's first, so it "
+          f"includes the warm-up the evaluation would otherwise pay)")
     print(f"  eval                 {ev_eval:7.2f} s    = {tokens / ev_eval:,.0f} tok/s in the evaluator vs "
           f"{tokens / inproc['eval']:,.0f} tok/s in-process ({inproc['eval'] / ev_eval:.2f}x)")
     for label, trial_s, target in (("60 s tiny-profile trial", TINY_TRIAL_S, TINY_TARGET),

@@ -8,6 +8,7 @@
     swarm journal ...                       the lab journal (table, markdown, results.tsv, plot)
     swarm trial   ...                       run one commit once, as a worker would
     swarm doctor  ...                       is this machine / journal / Ray cluster ready?
+    swarm dashboard ...                     a live web page of the campaign (dashboard/)
 
 Settings come from flags over an optional swarm.toml (at the repo root, or
 --config) over the defaults of coordinator/config.py. Every import of the
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     _lazy(p, "worker.cli")
     p = sub.add_parser("doctor", help="check that this machine, the journal and the Ray cluster are ready")
     _lazy(p, "coordinator.doctor")
+    p = sub.add_parser("dashboard", help="a live web page of a campaign, served from its journal")
+    _lazy(p, "dashboard.cli")
     return parser
 
 
