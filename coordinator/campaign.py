@@ -30,6 +30,8 @@ never merges a candidate twice.
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import signal
 import threading
 import time
@@ -267,7 +269,8 @@ class Campaign:
         self.mainline.pin_initial(initial)
         fixed = self.mainline.fixed_hashes(initial, self.target.fixed)
         self._emit("campaign_started", config=cfg.to_dict(), target=self.target.to_dict(),
-                   initial_commit=initial, fixed_hashes=fixed, repo=str(cfg.repo_path))
+                   initial_commit=initial, fixed_hashes=fixed, repo=str(cfg.repo_path),
+                   initial_content=self._code(initial))
         self.log(f"campaign {cfg.campaign}: started from {initial[:12]} in {cfg.repo_path} "
                  f"(journal {self.journal.url})")
 
@@ -647,7 +650,7 @@ class Campaign:
                      f"{'re-implementing it on the new mainline' if again else 'dropped'}")
             return
         self._emit("merged", track=track, candidate_id=cid, commit=commit, previous=ts.trusted,
-                   hypothesis_id=c.hypothesis_id)
+                   hypothesis_id=c.hypothesis_id, content=self._code(commit))
         self.mainline.set_branch(track, commit)
         self.log(f"merged {h.get('title', cid)[:60]} into {self.mainline.branch(track)} as {commit[:12]}; "
                  f"re-testing it")
@@ -792,7 +795,13 @@ class Campaign:
         if problems:
             raise CandidateRejected("invalid before any trial: " + "; ".join(problems), diff)
         self._emit("candidate_created", candidate_id=cid, hypothesis_id=h.hypothesis_id, track=track,
-                   commit=commit, base_commit=base, diff=diff, implementer=impl.name)
+                   commit=commit, base_commit=base, diff=diff, implementer=impl.name, content=self._code(commit))
+
+    def _code(self, commit: str) -> str:
+        """What a commit runs: a hash of its editable files. A merge whose train.py equals its
+        candidate's is the same code, and the state books seeds by it (never a (code, seed) twice)."""
+        files = self.mainline.files(commit, self.target.is_editable)
+        return hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:24]
 
     def _validate(self, commit: str, base: str) -> list:
         """The worker's own checks (worker/validate.py: editable files only, fixed files by hash,
