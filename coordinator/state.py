@@ -121,6 +121,7 @@ class CampaignState(JournalView):
         self.taken: dict[tuple, set] = {}           # (track, code, family) -> seeds taken (live + counted)
         self.code: dict[str, str] = {}              # commit -> content key of its editable files
         self.rho_cache: dict[str, tuple] = {}       # track -> (values seen, rho, pairs)
+        self.owner: dict | None = None              # the coordinator holding the owner lease (its last claim)
         self.leases: dict[str, Lease] = {}          # trial id -> Lease, trials in flight
         self.hyp: dict[str, dict] = {}              # hypothesis id -> hypothesis_proposed data
         self.pending_impl: dict[str, str] = {}      # hypothesis id -> mainline commit to build it on
@@ -174,6 +175,24 @@ class CampaignState(JournalView):
         self.stop_requested = self.fatal = None
         if isinstance(d.get("config"), dict):
             self.heldout_wanted = bool(d["config"].get("heldout", self.heldout_wanted))
+
+    def _swarm_coordinator_lease(self, ev, d, now):
+        # one coordinator per campaign: a claim takes the lease when nobody holds it, when it is the
+        # holder's own renewal, or when the holder's lease expired (event times: a replay agrees)
+        cur, who = self.owner, str(d["owner"])
+        if d.get("release"):
+            if cur is not None and cur["owner"] == who:
+                self.owner = None
+            return
+        if cur is None or cur["owner"] == who or ev.time > cur["time"] + cur["lease_s"] \
+                or (d.get("takeover_of") and d["takeover_of"] == cur["owner"]):   # its holder died here
+            self.owner = {"owner": who, "host": d.get("host"), "pid": d.get("pid"),
+                          "lease_s": float(d.get("lease_s") or 0), "time": ev.time}
+
+    def owner_now(self, now: float) -> dict | None:
+        """The coordinator whose owner lease is still valid at `now`, or None."""
+        o = self.owner
+        return o if o is not None and now <= o["time"] + o["lease_s"] else None
 
     def _swarm_stop_requested(self, ev, d, now):
         self.stop_requested = str(d.get("reason") or "swarm stop")
