@@ -128,3 +128,34 @@ def test_a_dead_coordinator_of_this_machine_is_taken_over_at_once():
     st.apply(Event(campaign="t", source="coordinator", type="coordinator_lease", time=1020.0,
                    data={"owner": "B", **lease, "takeover_of": "A"}))
     assert st.owner_now(1021.0)["owner"] == "B"
+
+
+def test_an_agent_with_nothing_new_is_asked_again_with_the_evidence(ray_local, tmp_path, monkeypatch):  # noqa: F811
+    """The campaign never ends for want of ideas: a proposer that returns nothing is asked again
+    (with a note on the evidence) and the campaign goes on to --max-trials."""
+    import coordinator.campaign as campaign_module
+    from agents.base import Proposer
+    from agents.offline import OfflineImplementer, OfflineProposer
+
+    monkeypatch.setattr(campaign_module, "EXHAUSTED_RETRY_S", 0.2)
+
+    class DryFirst(Proposer):
+        name = "offline"
+
+        def __init__(self):
+            self.calls, self.offline = [], OfflineProposer(seed=0)
+
+        def propose(self, ctx, n):
+            self.calls.append(list(ctx.notes))
+            return [] if len(self.calls) == 1 else self.offline.propose(ctx, n)
+
+    repo = make_repo(tmp_path / "repo")
+    agent = DryFirst()
+    logs = []
+    reason = Campaign(config(repo, "dry1", workers=1, max_trials=10), agent=(agent, OfflineImplementer()),
+                      log=logs.append).run()
+    assert reason == "reached --max-trials 10", logs[-5:]
+    assert len(agent.calls) >= 2 and any("proposed nothing new" in n for n in agent.calls[1])
+    assert any("asking again with the evidence" in m for m in logs)
+    events = events_of(repo, "dry1")
+    assert any(ev.data["kind"] == "candidate" for ev in of_type(events, "trial_finished"))
