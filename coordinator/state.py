@@ -42,7 +42,7 @@ from journal.views import CampaignState as JournalView
 # seeds neither side ever ran.
 SEED_OFFSET = {"baseline": 0, "candidate": 0, "retest": 1000, "heldout": 2000}
 RHO_MIN_PAIRS = 10          # seed-matched pairs before the within-seed correlation is trusted
-RHO_REFRESH = 20            # recompute it after this many new values on the track
+RHO_REFRESH = 0.1           # recompute it when the track's repeated values grew by this share (>= 20)
 # Verdicts that close a candidate (no more seeds).
 FINAL_VERDICTS = ("discard", "confirmed", "crash", "invalid")
 # Trial statuses that count as a finished trial (an aborted one is re-run).
@@ -122,6 +122,7 @@ class CampaignState(JournalView):
         self.code: dict[str, str] = {}              # commit -> content key of its editable files
         self.rho_cache: dict[str, tuple] = {}       # track -> (values seen, rho, pairs)
         self.owner: dict | None = None              # the coordinator holding the owner lease (its last claim)
+        self.track_groups: dict[str, list] = {}     # track -> its Groups (within_seed_rho reads one track)
         self.leases: dict[str, Lease] = {}          # trial id -> Lease, trials in flight
         self.hyp: dict[str, dict] = {}              # hypothesis id -> hypothesis_proposed data
         self.pending_impl: dict[str, str] = {}      # hypothesis id -> mainline commit to build it on
@@ -272,7 +273,10 @@ class CampaignState(JournalView):
             self.taken.setdefault(self.code_key(*key), set()).add(int(t.seed))
         ts = self.track_state(track)
         if t.value is not None and kind in VAL_KINDS:
-            g = self.groups.setdefault((track, commit), Group())
+            g = self.groups.get((track, commit))
+            if g is None:
+                g = self.groups[(track, commit)] = Group()
+                self.track_groups.setdefault(track, []).append(g)
             before = g.m2
             g.add(t.value, None if t.seed is None else int(t.seed), kind)
             ts.noise_ss += g.m2 - before
@@ -485,15 +489,15 @@ class CampaignState(JournalView):
         """The track's within-seed correlation of trial noise: residuals from each commit's
         own mean, correlated between different commits run on the same seed (the same data
         order and initialization). (rho, pairs); rho None below RHO_MIN_PAIRS pairs. Kept
-        until RHO_REFRESH more values arrived (it is O(values) to compute)."""
+        until the track's repeated values grew by RHO_REFRESH (it is O(values) to compute)."""
         cached = self.rho_cache.get(track)
         ts = self.swarm.get(track)
         seen = ts.noise_dof if ts is not None else 0
-        if cached is not None and seen - cached[0] < RHO_REFRESH:
+        if cached is not None and seen - cached[0] < max(20, RHO_REFRESH * cached[0]):
             return cached[1], cached[2]
         by_seed: dict = {}
-        for (t, _), g in self.groups.items():
-            if t != track or len(g.values) < 2:
+        for g in self.track_groups.get(track, ()):
+            if len(g.values) < 2:
                 continue
             for x, seed in zip(g.values, g.seeds):
                 if seed is not None:

@@ -9,6 +9,7 @@ import pytest
 from coordinator.config import ConfigError, load_config, parse_until
 from coordinator.scheduler import Policy, decide_candidate, decide_retest, pending_decisions, schedule, work
 from coordinator.state import CampaignState
+from coordinator import stats
 from coordinator.stats import StatsConfig, noise_floor
 from journal import Event
 
@@ -439,3 +440,29 @@ def test_a_retest_is_never_reverted_on_one_value():
     j.decide()
     r = j.state.merges["m1"].retest
     assert r["look_trials"] == 4 and "screen" not in r["test"]
+
+
+def test_within_seed_correlation_is_measured_and_picks_the_paired_test():
+    rng = random.Random(5)
+    seed_effect = [rng.gauss(0, 0.03) for _ in range(12)]     # data order and init: shared by every code
+    j = Journal()
+    j.join("w1", A)
+    for s in range(12):
+        j.trial(A, INIT, "baseline", s, 2.0 + seed_effect[s] + rng.gauss(0, 0.003))
+    other = j.candidate(A, "o1")
+    for s in range(10):
+        j.trial(A, other, "candidate", s, 2.05 + seed_effect[s] + rng.gauss(0, 0.003), cid="o1")
+    rho, pairs = j.state.within_seed_rho(A)
+    assert pairs == 10 and rho > 0.8
+    # a candidate 1 sigma better takes the mainline's seeds: from 3 pairs on, judged seed by seed
+    c = j.candidate(A, "p1")
+    for s in range(4):
+        j.trial(A, c, "candidate", s, 1.97 + seed_effect[s] + rng.gauss(0, 0.003), cid="p1")
+        j.decide()
+    v = j.state.candidates["p1"].verdict
+    assert v["look_trials"] == 4 and v["inputs"]["paired"] and v["inputs"]["rho"] > 0.8
+    assert "paired t-test" in v["test"] and v["verdict"] == "confirmed"
+    assert [s for s, _ in v["inputs"]["candidate"]] == [0, 1, 2, 3]
+    # independent noise: the unpaired test stays
+    assert not stats.paired_is_stronger(0.0, 4, 8, 20, 0.05 / 7)
+    assert stats.paired_is_stronger(0.9, 4, 8, 20, 0.05 / 7)
