@@ -13,9 +13,9 @@ others change. Now and then it combines two earlier near-wins.
 It never runs out: when every step of the coarse space was judged on this
 mainline, it proposes the structural one-liners of the research notes (SiLU or
 GELU for ReLU², value embeddings on every layer, shorter windows, MLP width,
-init scale) as code edits (a patch), then finer and finer steps around the
-current values (level 1, 2, ...: the optimum is near where the mainline is),
-and pairs of any two earlier gains, significant or not.
+init scale) as code edits (a patch) and pairs of any two earlier gains,
+significant or not; then finer and finer steps around the current values
+(level 1, 2, ...: the optimum is near where the mainline is).
 
 Deterministic: the same seed and the same context give the same hypotheses.
 """

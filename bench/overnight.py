@@ -130,7 +130,9 @@ def run_swarm(repo: Path, cache: Path, trials: int, budget: float, workers: int)
             "verdicts": {v: sum(1 for c in st.candidates.values() if (c.verdict or {}).get("verdict") == v)
                          for v in ("confirmed", "discard", "crash", "invalid")},
             "sigma": st.noise(track)[0], "rho": st.within_seed_rho(track)}
-    return git(repo, "show", f"{st.swarm[track].trusted}:train.py"), info
+    final = subprocess.run(["git", "show", f"{st.swarm[track].trusted}:train.py"], cwd=repo, check=True,
+                           capture_output=True, text=True).stdout      # byte for byte: compared with the start
+    return final, info
 
 
 def run_greedy(start: str, cache: Path, trials: int, budget: float, tmp: Path) -> tuple[str, dict]:
