@@ -689,7 +689,7 @@ class Campaign:
         ideas: an agent with nothing new is asked again, with the journal's evidence)."""
         st = self.state
         if self._running():
-            why = f"{len(self._running())} trial(s) running"
+            why = "the running trials"
         elif self.joining or not self.workers:
             why = "workers to join"
         elif self.runner.busy():
