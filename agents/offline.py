@@ -10,11 +10,19 @@ mainline commit; once the mainline moves, earlier values become eligible again
 (losers with lower weight), because the optimum of one knob moves when the
 others change. Now and then it combines two earlier near-wins.
 
+It never runs out: when every step of the coarse space was judged on this
+mainline, it proposes the structural one-liners of the research notes (SiLU or
+GELU for ReLU², value embeddings on every layer, shorter windows, MLP width,
+init scale) as code edits (a patch) and pairs of any two earlier gains,
+significant or not; then finer and finer steps around the current values
+(level 1, 2, ...: the optimum is near where the mainline is).
+
 Deterministic: the same seed and the same context give the same hypotheses.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import random
@@ -44,6 +52,31 @@ NEAR_WIN_SIGMA = -1.0  # effect_sigma at or below this counts as a near-win (min
 # Weight of a value judged on an earlier mainline, by its verdict there (not
 # judged on any mainline: 1.0). Promising ones deserve another look most.
 RETRY_WEIGHT = {"promising": 1.5, "confirmed": 0.5, "discard": 0.5, "crash": 0.25, "invalid": 0.1}
+MAX_LEVEL = 40  # finer-step levels tried per call (level L: steps of ~0.4 / 2^L; ints move L + 2)
+# Structural one-liners of the research notes, as code edits of train.py: (title, why,
+# [(exact text, replacement), ...]). One that does not match the mainline's text is skipped.
+STRUCTURAL = [
+    ("SiLU instead of ReLU² in the MLP", "SiLU beat ReLU² on one Mac (ReLU² won on a laptop GPU: hardware-specific)",
+     [("x = mx.square(nn.relu(x))  # ReLU²", "x = nn.silu(x)  # SiLU")]),
+    ("GELU instead of ReLU² in the MLP", "the activation is hardware-specific; GELU is the other common choice",
+     [("x = mx.square(nn.relu(x))  # ReLU²", "x = nn.gelu(x)  # GELU")]),
+    ("value embeddings on every layer", "value embeddings on every layer was a kept structural one-liner",
+     [("    return layer_idx % 2 == (n_layer - 1) % 2\n", "    return True\n")]),
+    ("short windows at 1/8 of the context", "short-window layers at 1/8 of the context instead of 1/2 gave the "
+     "biggest late win (more steps)", [("short_window = long_window // 2", "short_window = long_window // 8")]),
+    ("short windows at 1/4 of the context", "cheaper attention: more steps in the budget",
+     [("short_window = long_window // 2", "short_window = long_window // 4")]),
+    ("MLP width 3x instead of 4x", "after cheaper attention the bottleneck moved to the MLP: shrinking it paid",
+     [("nn.Linear(config.n_embd, 4 * config.n_embd", "nn.Linear(config.n_embd, 3 * config.n_embd"),
+      ("nn.Linear(4 * config.n_embd, config.n_embd", "nn.Linear(3 * config.n_embd, config.n_embd")]),
+    ("MLP width 2x instead of 4x", "a smaller MLP means more steps in a fixed time budget",
+     [("nn.Linear(config.n_embd, 4 * config.n_embd", "nn.Linear(config.n_embd, 2 * config.n_embd"),
+      ("nn.Linear(4 * config.n_embd, config.n_embd", "nn.Linear(2 * config.n_embd, config.n_embd")]),
+    ("half the init scale of the matrices", "init scales matter on short runs",
+     [("s = 3**0.5 * n_embd**-0.5", "s = 0.5 * 3**0.5 * n_embd**-0.5")]),
+    ("1.5x the init scale of the matrices", "init scales matter on short runs",
+     [("s = 3**0.5 * n_embd**-0.5", "s = 1.5 * 3**0.5 * n_embd**-0.5")]),
+]
 
 
 # ---------------------------------------------------------------------------
@@ -245,6 +278,7 @@ class _Option:
     expected: float  # expected effect on val_bpb (negative = better)
     risk: str
     knobs: tuple  # names it touches
+    patch: str | None = None  # a code edit (structural one-liners), params empty
 
 
 def _fmt(c: Constant, value: Any) -> str:
@@ -286,13 +320,24 @@ class OfflineProposer(Proposer):
         singles = self._singles(constants, taken, earlier)
         combos = self._combos(constants, taken, ctx.history)
         rng = random.Random(self._rng_seed(ctx, taken))
+        # never out of ideas: once the coarse space is spent, code edits and any two earlier
+        # gains, then finer and finer steps (drawn only after every coarse option)
+        extra, level = [], 0
+        while len(singles) + len(combos) + len(extra) < n and level <= MAX_LEVEL:
+            known = taken | {o.key for o in combos + extra}
+            if level == 0:
+                extra += self._structural(ctx, known)
+                extra += self._combos(constants, known, ctx.history, near=_any_gain)
+            else:
+                extra += self._finer(constants, known, level)
+            level += 1
 
         out = []
-        while len(out) < n and (singles or combos):
+        while len(out) < n and (singles or combos or extra):
             use_combo = combos and (not singles or rng.random() < self.combine_prob)
-            pool = combos if use_combo else singles
+            pool = (combos if use_combo else singles) if singles or combos else extra
             opt = pool.pop(self._pick(rng, pool))
-            for o in singles:  # spread one batch over several knobs
+            for o in singles + extra:  # spread one batch over several knobs
                 if set(o.knobs) & set(opt.knobs):
                     o.weight *= SAME_KNOB_DECAY
             mine.add(opt.key)
@@ -363,15 +408,72 @@ class OfflineProposer(Proposer):
                 ))
         return out
 
-    def _combos(self, constants, taken, history) -> list[_Option]:
+    def _structural(self, ctx: ResearchContext, taken) -> list[_Option]:
+        """The research notes' structural one-liners that match this mainline's text, as patches."""
+        text = ctx.files[self.path]
+        out = []
+        for title, why, edits in STRUCTURAL:
+            key = hypothesis_key({"title": title})
+            if key in taken or not all(text.count(old) == 1 for old, _ in edits):
+                continue
+            new = text
+            for old, rep in edits:
+                new = new.replace(old, rep)
+            patch = "".join(difflib.unified_diff(text.splitlines(keepends=True), new.splitlines(keepends=True),
+                                                 f"a/{self.path}", f"b/{self.path}"))
+            out.append(_Option(params={}, key=key, weight=1.0, title=title,
+                               rationale=f"A structural one-liner from public runs: {why}.",
+                               expected=-0.005, risk="medium", knobs=(f"code:{title}",), patch=patch))
+        return out
+
+    def _finer(self, constants, taken, level: int) -> list[_Option]:
+        """Level L of an ever finer grid around the current value of every knob: factors
+        2^(k / 2^L) for odd k up to 4x either way (each level halves the spacing; a step
+        near the current value weighs more), additive 0.05 k / 2^L for a fraction at 0,
+        +-(L + 2) for a small integer."""
+        out, taken = [], set(taken)
+        for name, c in constants.items():
+            knob = knob_for(name, self.knobs)
+            if knob is None or not _is_num(c.value):
+                continue
+            cur, grid = c.value, 2 ** level
+            if isinstance(cur, int) and abs(cur) <= 64:
+                steps = [(cur + d, 1.0) for d in (level + 2, -(level + 2)) if cur + d >= 1]
+            elif cur == 0:
+                steps = [(0.05 * k / grid, 1.0) for k in range(1, grid + 1, 2)]
+            else:
+                steps = [(cur * 2 ** (k / grid), 1.0 / (1.0 + abs(k) / grid)) for k in range(-2 * grid + 1, 2 * grid, 2)]
+                steps = [(round(v) if isinstance(cur, int) else _sig(v, 3 + level // 2), w) for v, w in steps]
+            for v, closeness in steps:
+                try:
+                    value = coerce(name, cur, v)
+                except ConstantsError:
+                    continue
+                if isinstance(cur, float) and 0 <= cur <= 1 and name.endswith(("_RATIO", "_FRAC")) \
+                        and not 0 <= value <= 1:
+                    continue          # a fraction stays a fraction
+                key = params_key({name: value})
+                if same_value(value, cur) or key in taken:
+                    continue
+                taken.add(key)
+                old, new = _fmt(c, cur), _fmt(c, value)
+                out.append(_Option(params={name: value}, key=key, weight=knob.weight * closeness,
+                                   title=f"{name} {old} -> {new}",
+                                   rationale=f"Set {name} ({knob.what}) from {old} to {new}: a finer step (level "
+                                             f"{level}) around the current optimum; the coarse steps were judged.",
+                                   expected=-0.003, risk="low", knobs=(name,)))
+        return out
+
+    def _combos(self, constants, taken, history, near=None) -> list[_Option]:
         """Pairs of earlier near-wins (any mainline) on disjoint constants,
         still different from the current values."""
         if self.combine_prob <= 0:
             return []
+        near = near or _near_win
         wins, seen = [], set()
         for entry in history:
             params = entry.get("params") or {}
-            if not params or not _near_win(entry):
+            if not params or not near(entry):
                 continue
             try:
                 changed = {k: coerce(k, constants[k].value, v) for k, v in params.items()}
@@ -430,7 +532,8 @@ class OfflineProposer(Proposer):
             agent=self.name,
             track=ctx.track,
             mainline_commit=ctx.mainline_commit,
-            params=dict(opt.params),
+            params=dict(opt.params) or None,
+            patch=opt.patch,
         )
 
 
@@ -439,6 +542,12 @@ def _near_win(entry: dict) -> bool:
         return True
     sigma = entry.get("effect_sigma")
     return entry.get("verdict") == "discard" and sigma is not None and sigma <= NEAR_WIN_SIGMA
+
+
+def _any_gain(entry: dict) -> bool:
+    """Any earlier change that measured better than its mainline, significant or not."""
+    sigma = entry.get("effect_sigma")
+    return _near_win(entry) or (sigma is not None and sigma < 0)
 
 
 def _effect_text(entry: dict) -> str:

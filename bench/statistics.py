@@ -10,7 +10,9 @@ coordinator does, over the mainline's trials plus earlier mainlines of the track
 asking for seeds as decide() says, until it is confirmed or discarded.
 Scenarios: a well-measured track, campaign starts (3-5 mainline trials, no
 history), a single mainline trial (prior sigma), maximize, and a realistic mix
-of hypotheses (most null or slightly harmful) with a re-test of each merge.
+of hypotheses (most null or slightly harmful) with a re-test of each merge (the merge and the
+previous mainline on the same fresh seeds). The whole coordinator on a known-truth target,
+campaigns end to end: bench/campaign_truth.py.
 
 Figures (95% confidence intervals: Wilson for proportions, normal for means):
   false merges   share of null candidates (true effect 0) confirmed   target <= 5%
@@ -35,6 +37,7 @@ SIGMA = 0.03          # seed-to-seed noise in bpb (~MLX, see shared/RESEARCH-NOT
 MAINLINE_BPB = 1.50   # true val_bpb of the mainline (only differences matter)
 WIN = 2.0             # a "true improvement" is this many sigma better
 HISTORY_TRIALS = 4    # trials per earlier mainline commit in the track's history
+RETEST_PAIRS = 4      # a re-test's first look (the coordinator's --retest-trials default)
 Z95 = 1.959964        # two-sided 95% normal quantile
 
 # realistic mix of hypotheses: (share, true effect in sigma, negative = better)
@@ -114,17 +117,32 @@ def report(name, nulls, wins):
           f"  {fmt_mean(tn)} {ok(sum(tn) / len(tn) <= 2.0)}  {fmt_mean(tw)}")
 
 
+def run_retest(rng, effect_sigma, sigma, dof, cfg, first=RETEST_PAIRS):
+    """A merge's re-test as the coordinator runs it: the merge and the previous mainline side by
+    side on the same fresh seeds (independent noise here: rho 0, so the unpaired test), no
+    one-trial screen, first look at `first` pairs. Returns True when promoted."""
+    sign = 1 if cfg.direction == "minimize" else -1
+    merged, previous, ask = [], [], first
+    while True:
+        merged += [rng.gauss(MAINLINE_BPB + sign * effect_sigma * SIGMA, SIGMA) for _ in range(ask)]
+        previous += [rng.gauss(MAINLINE_BPB, SIGMA) for _ in range(ask)]
+        d = decide(merged, previous, sigma, dof, cfg, screen=False, first=first, pairs=previous)
+        if d.verdict != "promising":
+            return d.verdict == "confirmed"
+        ask = d.more_trials
+
+
 def run_mix(rng, n, baseline, history, cfg):
     """A realistic campaign: most hypotheses null or slightly harmful. Each merge is then
-    re-tested the way the coordinator does: fresh seeds of the merged commit through the
-    same decide() against the same mainline trials (promote if confirmed, else revert)."""
+    re-tested the way the coordinator does (run_retest: fresh seeds of the merge and of the
+    previous mainline, side by side; promote if confirmed, else revert)."""
     effects = [e for _, e in REALISTIC_MIX]
     out = {e: [] for e in effects}
     for _ in range(n):
         e = rng.choices(effects, weights=[s for s, _ in REALISTIC_MIX])[0]
         mainline, sigma, dof = campaign(rng, baseline, history)
         merged, trials = run_candidate(rng, e, mainline, sigma, dof, cfg)
-        kept = merged and run_candidate(rng, e, mainline, sigma, dof, cfg)[0]
+        kept = merged and run_retest(rng, e, sigma, dof, cfg)
         out[e].append((merged, trials, kept))
     bad = out[0.0] + out[1.0]   # not improvements: merging one is a false merge
     everything = [r for e in effects for r in out[e]]

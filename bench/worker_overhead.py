@@ -171,19 +171,8 @@ def integrity(n_trials: int):
         w = Worker("bench-integrity", tmp / "worker", campaign="bench", heartbeat_s=0, env=env)
         w.load_repo(make_full_bundle(src))
         assert w.info()["problem"] is None, w.info()["problem"]
-        records, evals = [], []
-        for i in range(n_trials):
-            spec = candidate(src, base, {"train.py": files["train.py"] + f"\n# trial {i}\n"}, seed=i,
-                             smoke=False, time_budget=5, allowance=900, trial_id=f"integrity-{i}")
-            r = w.run_trial(spec)
-            if r.status != "ok":
-                sys.exit(f"integrity trial {i}: {r.status} {r.reason}\n{r.log_tail}")
-            rec = r.metrics["eval"]
-            records.append(rec)
-            evals.append(r.timings["evaluate"])
-        w.stop()
-
-        # the same computation in-process (the old path): checkpoint save + load, and evaluate_bpb's speed
+        # the same computation in-process (the old path), run right after each trial so both see the same
+        # load: checkpoint save + load, and the scoring's speed
         probe_env = {**os.environ, **clean_env(env), "PYTHONPATH": str(src)}     # OpenBLAS preloaded, as trials
         code = ("import time, json, os, tempfile, mlx.core as mx, prepare, train\n"
                 "cfg = train.build_model_config(train.DEPTH, prepare.VOCAB_SIZE)\n"
@@ -195,10 +184,20 @@ def integrity(n_trials: int):
                 "rows = prepare.eval_rows(tok); t = time.perf_counter()\n"
                 "prepare.bpb_of_rows(m, rows, prepare.get_token_bytes(), min(train.DEVICE_BATCH_SIZE, prepare.EVAL_BATCH_SIZE))\n"
                 "print(json.dumps({'save': save, 'load': load, 'eval': time.perf_counter() - t}))\n")
-        p = subprocess.run([sys.executable, "-c", code], cwd=src, env=probe_env, capture_output=True, text=True)
-        if p.returncode:
-            sys.exit(f"in-process measurement failed:\n{p.stderr[-2000:]}")
-        inproc = json.loads(p.stdout.strip().splitlines()[-1])
+        records, evals, inprocs = [], [], []
+        for i in range(n_trials):
+            spec = candidate(src, base, {"train.py": files["train.py"] + f"\n# trial {i}\n"}, seed=i,
+                             smoke=False, time_budget=5, allowance=900, trial_id=f"integrity-{i}")
+            r = w.run_trial(spec)
+            if r.status != "ok":
+                sys.exit(f"integrity trial {i}: {r.status} {r.reason}\n{r.log_tail}")
+            records.append(r.metrics["eval"])
+            evals.append(r.timings["evaluate"])
+            p = subprocess.run([sys.executable, "-c", code], cwd=src, env=probe_env, capture_output=True, text=True)
+            if p.returncode:
+                sys.exit(f"in-process measurement failed:\n{p.stderr[-2000:]}")
+            inprocs.append(json.loads(p.stdout.strip().splitlines()[-1]))
+        w.stop()
 
     med = lambda xs: stats(xs)[1]   # noqa: E731
     tokens = records[0]["tokens"]
@@ -206,6 +205,7 @@ def integrity(n_trials: int):
     ev_data, ev_model = med([r["seconds"]["data"] for r in records]), med([r["seconds"]["model"] for r in records])
     ev_probe, ev_eval = med([r["seconds"]["probe"] for r in records]), med([r["seconds"]["eval"] for r in records])
     ev_start = ev_wall - ev_data - ev_model - ev_probe - ev_eval     # interpreter, imports, sandbox
+    inproc = {k: med([x[k] for x in inprocs]) for k in ("save", "load", "eval")}
     fixed = 2 * sandbox_start + inproc["save"] + ev_start + ev_model + ev_probe
     print(f"\ntrust path, {n_trials} real tiny-profile trials ({tokens:,} eval tokens), sandbox {mode}; medians:")
     print(f"  sandbox start        {sandbox_start * 1000:7.0f} ms per process (python -c pass: "

@@ -1,7 +1,7 @@
 """
 The campaign loop: the Ray driver that keeps every worker busy and writes every decision.
 
-    reason = Campaign(cfg).run()     # until --until, --max-trials, Ctrl-C, `swarm stop`, or no more work
+    reason = Campaign(cfg).run()     # until --until, --max-trials, Ctrl-C or `swarm stop`
 
 One pass of the loop:
   sync       read new journal events into the state (workers' results, progress,
@@ -30,7 +30,11 @@ never merges a candidate twice.
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
+import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -41,7 +45,7 @@ from agents.base import ImplementationError
 from coordinator.agent_runner import AgentRunner, AgentStartError
 from coordinator.config import SwarmConfig, config_from_dict, default_campaign_tag
 from coordinator.mainline import MainlineRepo, PatchImplementer
-from coordinator.scheduler import Policy, fresh_candidates, next_decision, pending_decisions, schedule, work
+from coordinator.scheduler import Policy, fresh_candidates, next_decision, schedule
 from coordinator.state import CampaignState
 
 SOURCE = "coordinator"
@@ -65,6 +69,11 @@ FATAL_AGENT_ERRORS = ("auth", "model", "config")  # AgentError kinds no retry ca
 AGENT_STOP_WAIT_S = 2.0    # on stop: how long agent calls in flight get to answer
 MIN_BATCH_PART = 4         # with a proposal in flight, another asks for at least buffer / this many
 CRASH_LOG_TAIL = 2000      # characters of a crashed trial's log the proposer sees
+EXHAUSTED_RETRY_S = 30.0   # an agent that proposed nothing new is asked again after this (with the evidence)
+JOURNAL_OUTAGE_S = 600.0   # an unreachable journal is waited out this long (its event kept), then the campaign stops
+JOURNAL_RETRY_S = 2.0      # between tries while the journal is unreachable
+OWNER_LEASE_S = 90.0       # one coordinator per campaign: its lease in the journal lasts this long...
+OWNER_RENEW_S = 20.0       # ...and is renewed this often
 
 
 class CampaignError(RuntimeError):
@@ -147,7 +156,12 @@ class Campaign:
         self.own_ray = False
         self.interrupted = 0
         self.finished_here = 0             # counted trials that finished in this run
-        self.exhausted: dict = {}          # (track, mainline) -> judged count when the agent had nothing more
+        self.exhausted: dict = {}          # (track, mainline) -> (judged count, time) when the agent had nothing
+        self.waiting: str | None = None    # what the campaign waits for, as last said
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"   # this coordinator
+        self.owned = False                 # holds the campaign's owner lease
+        self.renewed = 0.0                 # when the lease was last renewed
+        self.closing = False               # stopping: an unreachable journal is not waited out
         self.load_bytes: bytes | None = None  # the bundle every worker loads (the initial commit)
         self.files_cache: dict = {}
         self.next_discover = 0.0
@@ -235,6 +249,7 @@ class Campaign:
         self.state = CampaignState(tag)
         self._sync(live=False)
         gc.freeze()     # the replayed state lives as long as the process: keep it out of GC passes
+        self._claim()
 
         st = self.state
         if st.started is None:
@@ -266,7 +281,8 @@ class Campaign:
         self.mainline.pin_initial(initial)
         fixed = self.mainline.fixed_hashes(initial, self.target.fixed)
         self._emit("campaign_started", config=cfg.to_dict(), target=self.target.to_dict(),
-                   initial_commit=initial, fixed_hashes=fixed, repo=str(cfg.repo_path))
+                   initial_commit=initial, fixed_hashes=fixed, repo=str(cfg.repo_path),
+                   initial_content=self._code(initial))
         self.log(f"campaign {cfg.campaign}: started from {initial[:12]} in {cfg.repo_path} "
                  f"(journal {self.journal.url})")
 
@@ -288,6 +304,9 @@ class Campaign:
                 setattr(self.cfg, key, getattr(recorded, key))
         if kept:
             self.log(f"note: resuming with the campaign's own {', '.join(kept)}")
+        if self.cfg.workers is None and recorded.workers:
+            self.cfg.workers = recorded.workers          # the campaign's own worker count, unless given
+            self.log(f"note: resuming with the campaign's {recorded.workers} worker(s)")
 
     def _resume(self):
         st = self.state
@@ -380,16 +399,101 @@ class Campaign:
     # ------------------------------------------------------------------ journal
     def _sync(self, live: bool = True):
         now = time.time() if live else None
-        for pos, ev in self.journal.read(after=self.pos):
+        for pos, ev in self._journal_call("reading", lambda: list(self.journal.read(after=self.pos))):
             self.state.apply(ev, pos, now=now)
             self.pos = pos
             if self.cfg.analyst_every:
                 self._for_analyst(ev)
 
-    def _emit(self, type_, **data):
-        ev = self.journal.emit(type_, source=SOURCE, **data)
+    def _emit(self, type_, event_id: str | None = None, **data):
+        from journal import Event
+        ev = Event(campaign=self.journal.campaign, source=SOURCE, type=type_, data=data)
+        if event_id:
+            ev.id = event_id
+        self._journal_call(f"its {type_} event", lambda: self.journal.append(ev))
         self._sync()
         return ev
+
+    def _journal_call(self, what: str, fn):
+        """A journal call that waits out an unreachable journal (a Redis restart, a network outage)
+        for JOURNAL_OUTAGE_S, saying so; the event it writes is kept and sent again with the same
+        id (appends are idempotent by id), so nothing is lost or stored twice. The workers keep
+        training and keep their own events meanwhile."""
+        from journal import JournalUnavailable
+        since = None
+        while True:
+            try:
+                out = fn()
+                if since is not None:
+                    self.log(f"the journal is back after {time.time() - since:.0f}s: going on")
+                    self.waiting = None
+                    now = time.time()           # the outage was the journal's silence, not the workers'
+                    for slot in self.workers.values():
+                        slot.alive_at = max(slot.alive_at, now)
+                    if self.state is not None:
+                        for lease in self.state.leases.values():
+                            lease.last_seen = max(lease.last_seen, now)
+                return out
+            except JournalUnavailable as e:
+                now = time.time()
+                if since is None:
+                    since = now
+                    self.waiting = f"the journal: {e}"
+                    self.log(f"waiting for the journal ({what} kept; trials go on; giving up after "
+                             f"{JOURNAL_OUTAGE_S:g}s): {e}")
+                if now - since > (STOP_WAIT_S if self.closing else JOURNAL_OUTAGE_S) or self.interrupted > 1:
+                    raise
+                time.sleep(JOURNAL_RETRY_S)
+
+    # ------------------------------------------------------------------ owner lease
+    def _claim(self):
+        """One coordinator per campaign: claim the owner lease in the journal (state.owner folds
+        the claims: the first one after the last holder's lease expired or was released wins), or
+        refuse, naming the owner."""
+        st = self.state
+        holder = st.owner_now(time.time())
+        takeover = None
+        if holder is not None and holder["owner"] != self.owner:
+            if holder.get("host") != socket.gethostname() or _pid_alive(holder.get("pid")):
+                raise CampaignError(self._owned_by(holder))
+            takeover = holder["owner"]        # a coordinator of this machine that died (killed, crashed)
+            self.log(f"the campaign's previous coordinator {takeover} is gone (pid {holder.get('pid')} is not "
+                     f"running): taking over its lease")
+        self._emit("coordinator_lease", owner=self.owner, host=socket.gethostname(), pid=os.getpid(),
+                   lease_s=OWNER_LEASE_S, release=False, takeover_of=takeover)
+        holder = st.owner_now(time.time())
+        if holder is None or holder["owner"] != self.owner:      # another coordinator claimed it first
+            raise CampaignError(self._owned_by(holder))
+        self.owned, self.renewed = True, time.time()
+
+    def _owned_by(self, holder) -> str:
+        left = max(0.0, holder["time"] + holder["lease_s"] - time.time())
+        return (f"campaign {self.cfg.campaign} is driven by another coordinator: {holder['owner']} "
+                f"(host {holder.get('host')}, pid {holder.get('pid')}), its lease renewed "
+                f"{time.time() - holder['time']:.0f}s ago. Stop it with `swarm stop --campaign "
+                f"{self.cfg.campaign}`, or, if it died, run this again after its lease expires (in {left:.0f}s)")
+
+    def _renew(self):
+        if not self.owned or time.time() - self.renewed < OWNER_RENEW_S:
+            return
+        self._emit("coordinator_lease", owner=self.owner, host=socket.gethostname(), pid=os.getpid(),
+                   lease_s=OWNER_LEASE_S, release=False)
+        self.renewed = time.time()
+        holder = self.state.owner_now(time.time())
+        if holder is None or holder["owner"] != self.owner:
+            self.owned = False
+            raise CampaignError(f"this coordinator lost campaign {self.cfg.campaign} to {holder and holder['owner']} "
+                                f"(its lease expired while the journal was away); the other one goes on")
+
+    def _release(self):
+        if self.owned:
+            self.owned = False
+            try:
+                self._emit("coordinator_lease", owner=self.owner, host=socket.gethostname(), pid=os.getpid(),
+                           lease_s=OWNER_LEASE_S, release=True)
+            except Exception as e:
+                self.log(f"warning: could not release the campaign's lease ({type(e).__name__}: {e}); it "
+                         f"expires in {OWNER_LEASE_S:g}s")
 
     def _abort_trial(self, trial_id: str, reason: str):
         """Journal a trial as aborted (counted once; a late result is ignored) unless it finished."""
@@ -539,6 +643,7 @@ class Campaign:
     def _loop(self) -> tuple[str, bool]:
         while True:
             self._sync()
+            self._renew()
             stop = self._stop_condition()
             if stop:
                 return stop
@@ -549,8 +654,8 @@ class Campaign:
             self._discover()
             self._fill()
             dispatched = self._dispatch()
-            if not dispatched and self._out_of_work():
-                return "no more work: every track's agent is out of hypotheses and nothing is running", False
+            if not dispatched:
+                self._say_waiting()
             if not self.workers and not self.joining:
                 problems = "; ".join(f"{k}: {v}" for k, v in self.worker_problems.items())
                 if self.own_ray or problems:
@@ -578,20 +683,26 @@ class Campaign:
     def _running(self) -> list[WorkerSlot]:
         return [w for w in self.workers.values() if w.trial is not None]
 
-    def _out_of_work(self) -> bool:
-        st = self.state
-        if self._running() or self.joining or not self.workers or pending_decisions(st):
-            return False
-        if self.runner.busy() or any(until > time.time() for until, _ in self.backoff.values()):
-            return False                  # the agent is still thinking, or waits to try again
-        tracks = {w.track for w in self.workers.values() if w.ready}
-        for track in tracks:
-            ts = st.swarm[track]
-            if self.exhausted.get((track, ts.trusted)) != ts.judged or self._pending_impl(track):
-                return False
-            if next(work(st, track, self.policy), None) is not None:
-                return False
-        return bool(tracks)
+    def _say_waiting(self):
+        """Nothing to dispatch: say once what the campaign waits for (it never ends for want of
+        ideas: an agent with nothing new is asked again, with the journal's evidence)."""
+        if self._running():
+            why = "the running trials"
+        elif self.joining or not self.workers:
+            why = "workers to join"
+        elif self.runner.busy():
+            why = "the agent's next hypotheses"
+        elif any(until > time.time() for until, _ in self.backoff.values()):
+            why = "the agent backend to answer again (backing off)"
+        elif self.exhausted:
+            why = f"the agent: it had nothing new; asking again every {EXHAUSTED_RETRY_S:g}s with the evidence"
+        else:
+            why = "work"
+        if getattr(self.journal, "waiting", None):
+            why = f"the journal ({self.journal.waiting})"
+        if why != self.waiting:
+            self.waiting = why
+            self.log(f"waiting for {why}")
 
     # ------------------------------------------------------------------ decisions
     def _reconcile(self):
@@ -646,7 +757,7 @@ class Campaign:
                      f"{'re-implementing it on the new mainline' if again else 'dropped'}")
             return
         self._emit("merged", track=track, candidate_id=cid, commit=commit, previous=ts.trusted,
-                   hypothesis_id=c.hypothesis_id)
+                   hypothesis_id=c.hypothesis_id, content=self._code(commit))
         self.mainline.set_branch(track, commit)
         self.log(f"merged {h.get('title', cid)[:60]} into {self.mainline.branch(track)} as {commit[:12]}; "
                  f"re-testing it")
@@ -746,13 +857,14 @@ class Campaign:
         asked = self.asked.get(track, 0)
         want = (max(self.cfg.buffer, n_workers) - fresh_candidates(st, track) - len(self._pending_impl(track))
                 - asked)
-        if want <= 0 or self.exhausted.get((track, trusted)) == ts.judged:
-            return                    # retried once more verdicts came in (new near-wins to combine)
+        dry = self.exhausted.get((track, trusted))
+        if want <= 0 or (dry and dry[0] == ts.judged and time.time() - dry[1] < EXHAUSTED_RETRY_S):
+            return                    # asked again once verdicts came in, or after a while
         if asked and want < max(1, self.cfg.buffer // MIN_BATCH_PART):
             return                    # a call is on its way: the next one waits for a worthwhile batch
         self.asked[track] = asked + want
         self.runner.submit("propose", ("propose", track), (track, trusted, want), "propose",
-                           asdict(self._context(track)), want)
+                           asdict(self._context(track, again=dry is not None)), want)
 
     def _implement_pending(self, track: str):
         from agents.base import Hypothesis
@@ -791,7 +903,13 @@ class Campaign:
         if problems:
             raise CandidateRejected("invalid before any trial: " + "; ".join(problems), diff)
         self._emit("candidate_created", candidate_id=cid, hypothesis_id=h.hypothesis_id, track=track,
-                   commit=commit, base_commit=base, diff=diff, implementer=impl.name)
+                   commit=commit, base_commit=base, diff=diff, implementer=impl.name, content=self._code(commit))
+
+    def _code(self, commit: str) -> str:
+        """What a commit runs: a hash of its editable files. A merge whose train.py equals its
+        candidate's is the same code, and the state books seeds by it (never a (code, seed) twice)."""
+        files = self.mainline.files(commit, self.target.is_editable)
+        return hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:24]
 
     def _validate(self, commit: str, base: str) -> list:
         """The worker's own checks (worker/validate.py: editable files only, fixed files by hash,
@@ -911,9 +1029,10 @@ class Campaign:
         if not fresh:
             if (track, trusted) not in self.exhausted:
                 self.log(f"the {self.runner.backend} agent has no new hypothesis for {track} on "
-                         f"mainline {trusted[:12]}")
-            self.exhausted[(track, trusted)] = ts.judged
+                         f"mainline {trusted[:12]}: asking again with the evidence")
+            self.exhausted[(track, trusted)] = (ts.judged, time.time())
             return
+        self.exhausted.pop((track, trusted), None)
         for h in fresh:
             if hypothesis_key(h) in st.keys.get((track, trusted), set()):
                 continue              # the same idea twice in one answer
@@ -947,7 +1066,7 @@ class Campaign:
         except ImplementationError as e:
             self._invalid(h, cid, track, base, e.reason)
 
-    def _context(self, track):
+    def _context(self, track, again: bool = False):
         from agents.base import ResearchContext
         st = self.state
         trusted = st.swarm[track].trusted
@@ -981,6 +1100,16 @@ class Campaign:
             history.append(entry)
         sigma = st.noise(track)[0]
         notes = [str(n.data.get("text", "")) for n in st.notes[-20:]]
+        if again:
+            near = sorted((e for e in history if e.get("effect_sigma") is not None
+                           and e.get("mainline_commit") == trusted), key=lambda e: e["effect_sigma"])[:5]
+            notes.append("Your last answer proposed nothing new for this mainline, and the campaign goes on all "
+                         f"night. {sum(1 for e in history if e.get('mainline_commit') == trusted)} hypotheses were "
+                         "judged on it; the closest misses: "
+                         + ("; ".join(f"{e.get('title')} ({e['effect_sigma']:+.1f} sigma, {e.get('verdict')})"
+                                      for e in near) or "none yet")
+                         + ". Propose finer steps around the best values, values rejected on older mainlines, "
+                           "pairs of near-misses, or structural code changes.")
         return ResearchContext(track=track, mainline_commit=trusted, program_md=program, files=files,
                                history=history, noise_floor=sigma, notes=notes)
 
@@ -1000,7 +1129,8 @@ class Campaign:
         st = self.state
         initial = st.initial_commit
         n = 0
-        spare = {track for _, track in idle if self._agent_busy(track)}
+        spare = {track for _, track in idle
+                 if self._agent_busy(track) or (track, st.swarm[track].trusted) in self.exhausted}
         for a in schedule(st, idle, self.policy, spare):
             slot = self.workers[a.worker]
             trial_id = uuid.uuid4().hex
@@ -1074,7 +1204,8 @@ class Campaign:
                 data = res.to_dict()
                 data.update(track=lease.track if lease else None, kind=lease.kind if lease else None,
                             candidate_id=lease.candidate_id if lease else None)
-                self._emit("trial_finished", **data)
+                from journal.events import result_event_id
+                self._emit("trial_finished", event_id=result_event_id(trial_id), **data)   # the worker's id
             self.state.forget_dispatch(trial_id)  # no-op when the journal closed it
         t = self.state.trials.get(trial_id)
         if t is not None and t.status in ("ok", "crash", "invalid"):
@@ -1117,7 +1248,9 @@ class Campaign:
 
     # ------------------------------------------------------------------ stop
     def _shutdown(self, reason: str, error: bool):
+        self.closing = True
         if not self.opened:             # failed before the campaign (re)started: nothing to close in it
+            self._release()
             if self.runner is not None:
                 self.runner.shutdown()
             if self.own_ray:
@@ -1151,6 +1284,7 @@ class Campaign:
             self._reconcile_quietly()
             self._last_agent_jobs()
             self._emit("campaign_stopped", reason=reason, error=error)
+            self._release()
             self.log(f"campaign {self.cfg.campaign} stopped: {reason}")
             stops = []
             for slot in list(self.workers.values()):
@@ -1189,6 +1323,16 @@ class Campaign:
             self._reconcile()
         except Exception as e:  # a stop must still journal campaign_stopped
             self.log(f"warning: last decisions failed at stop: {type(e).__name__}: {e}")
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError, OverflowError):
+        return True                   # someone else's process, or no pid: assume it runs
+    return True
 
 
 def _transient(e: BaseException):

@@ -6,7 +6,9 @@ schedule(state, idle, policy) -> assignments. Work of a track, in priority order
      values (nothing is judged without the mainline's own noise);
   2. more seeds for promising candidates (what the last verdict asked for; the
      most promising first; several seeds go to several workers at once);
-  3. re-test trials of the merge in flight, then the held-out run of a promotion;
+  3. re-test trials of the merge in flight, side by side with the previous
+     mainline on the same fresh seeds (a seed-matched pair), then the held-out
+     run of a promotion;
   4. the first trial of new candidates (oldest first).
 A worker with none of this to do while the agent is still working on its
 track's next candidates runs another baseline of the trusted mainline (every
@@ -20,6 +22,9 @@ next_decision(state, policy) names the next decision the state is missing
 (a verdict, a re-test decision, a promotion or revert, the next merge, a
 held-out result); the campaign carries it out and journals it, then asks
 again. decide_candidate / decide_retest go through coordinator/stats.py.
+Each look is decided once, when its planned trials are all in, on inputs that
+are frozen then and journaled with the verdict (inputs: the values, their
+seeds, sigma, dof, rho): later mainline values never re-open a look.
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class Work:
     base_commit: str | None
     smoke: bool
     demand: int
+    seeds: tuple = ()                  # exactly these seeds (a re-test pair)
+    prefer: tuple = ()                 # these seeds first (a candidate: its mainline's)
 
 
 # -----------------------------------------------------------------------------
@@ -94,7 +101,8 @@ def candidate_demand(state: CampaignState, cid: str, policy: Policy) -> int:
     return max(0, wanted - state.candidate_done(cid) - state.live_count(c.track, c.commit, "candidate"))
 
 
-def retest_demand(state: CampaignState, cid: str, policy: Policy) -> int:
+def retest_wanted(state: CampaignState, cid: str, policy: Policy) -> int:
+    """Seed-matched pairs the re-test of merge cid wants in all (0: decided)."""
     m = state.merges[cid]
     r = m.retest
     if m.outcome is not None or (r is not None and r.get("final")):
@@ -102,8 +110,33 @@ def retest_demand(state: CampaignState, cid: str, policy: Policy) -> int:
     wanted = policy.retest_trials
     if r is not None:
         wanted = max(wanted, int(r.get("trials") or 0) + int(r.get("more_trials") or 0))
-    wanted = min(wanted, policy.stats.max_trials)
-    return max(0, wanted - state.retest_done(cid) - state.live_count(m.track, m.commit, "retest"))
+    return min(wanted, policy.stats.max_trials)
+
+
+def retest_demand(state: CampaignState, cid: str, policy: Policy) -> int:
+    """Re-test trials still to start: new seeds of the merge, and the previous mainline on
+    every seed the merge has (each seed is a pair)."""
+    m = state.merges[cid]
+    mine = state.seeds.get((m.track, m.commit, "retest"), set())
+    theirs = state.seeds.get((m.track, m.previous, "retest"), set())
+    new = max(0, retest_wanted(state, cid, policy) - len(mine))
+    return 2 * new + len(mine - theirs) if retest_wanted(state, cid, policy) else 0
+
+
+def _retest_work(state: CampaignState, track: str, cid: str, policy: Policy):
+    m = state.merges[cid]
+    wanted = retest_wanted(state, cid, policy)
+    if not wanted:
+        return
+    mine = state.seeds.get((track, m.commit, "retest"), set())
+    theirs = state.seeds.get((track, m.previous, "retest"), set())
+    for s in sorted(mine - theirs):                  # complete the pairs first
+        yield Work("retest", m.previous, cid, None, False, 1, seeds=(s,))
+    first = not mine
+    for s in state.next_seeds(track, m.commit, "retest", max(0, wanted - len(mine)), avoid=(m.previous,)):
+        yield Work("retest", m.commit, cid, m.previous, policy.smoke and first, 1, seeds=(s,))
+        yield Work("retest", m.previous, cid, None, False, 1, seeds=(s,))
+        first = False
 
 
 def work(state: CampaignState, track: str, policy: Policy):
@@ -126,14 +159,11 @@ def work(state: CampaignState, track: str, policy: Policy):
         n = candidate_demand(state, cid, policy)
         if n:
             c = state.candidates[cid]
-            yield Work("candidate", c.commit, cid, c.base_commit, False, n)
+            yield Work("candidate", c.commit, cid, c.base_commit, False, n,
+                       prefer=tuple(state.commit_seeds(track, c.base_commit)))
 
     if ts.merge is not None:
-        n = retest_demand(state, ts.merge, policy)
-        if n:
-            m = state.merges[ts.merge]
-            first = state.retest_done(ts.merge) + state.live_count(track, m.commit, "retest") == 0
-            yield Work("retest", m.commit, m.candidate_id, m.previous, policy.smoke and first, n)
+        yield from _retest_work(state, track, ts.merge, policy)
     for (t, commit), got in state.heldout.items():
         if t == track and got is None and state.live_count(track, commit, "heldout") == 0:
             yield Work("heldout", commit, None, None, False, 1)
@@ -143,7 +173,8 @@ def work(state: CampaignState, track: str, policy: Policy):
         if n:
             c = state.candidates[cid]
             first = state.candidate_done(cid) == 0
-            yield Work("candidate", c.commit, cid, c.base_commit, policy.smoke and first, n)
+            yield Work("candidate", c.commit, cid, c.base_commit, policy.smoke and first, n,
+                       prefer=tuple(state.commit_seeds(track, c.base_commit)))
 
 
 def schedule(state: CampaignState, idle, policy: Policy, spare=frozenset()) -> list[Assignment]:
@@ -160,7 +191,8 @@ def schedule(state: CampaignState, idle, policy: Policy, spare=frozenset()) -> l
             if not free:
                 break
             k = min(w.demand, len(free))
-            for seed in state.next_seeds(track, w.commit, w.kind, k):
+            seeds = list(w.seeds[:k]) if w.seeds else state.next_seeds(track, w.commit, w.kind, k, w.prefer)
+            for seed in seeds:
                 out.append(Assignment(free.pop(0), track, w.commit, seed, w.kind, w.candidate_id,
                                       w.base_commit, w.smoke))
         if free and track in spare and not state.fatal:
@@ -217,8 +249,21 @@ def _mainline_ready(state: CampaignState, track, commit, policy) -> bool:
     return have >= 1 and running == 0 and commit != state.swarm[track].trusted
 
 
+def _next_look(cfg: stats.StatsConfig, last: dict | None, screen: bool, first: int) -> int | None:
+    """The trial count of the next look not decided yet (None: every look was)."""
+    done = int((last or {}).get("look_trials") or (last or {}).get("trials") or 0)
+    return next((n for n, _ in stats.look_schedule(cfg, screen, first) if n > done), None)
+
+
+def _inputs(cand_seeds, cand, main_seeds, main, sigma, dof, rho, pairs) -> dict:
+    """What a look was decided on, journaled with its verdict (frozen: never re-decided)."""
+    return {"candidate": [[s, x] for s, x in zip(cand_seeds, cand)],
+            "mainline": [[s, x] for s, x in zip(main_seeds, main)],
+            "sigma": sigma, "dof": dof, "rho": rho[0], "rho_pairs": rho[1], "paired": pairs is not None}
+
+
 def decide_candidate(state: CampaignState, cid: str, policy: Policy) -> dict | None:
-    """Verdict event data for a candidate, or None when it cannot be judged yet."""
+    """Verdict event data for a candidate's next look, or None when it is not due yet."""
     c = state.candidates[cid]
     v = c.verdict
     if v is not None and v.get("verdict") in FINAL_VERDICTS:
@@ -235,15 +280,26 @@ def decide_candidate(state: CampaignState, cid: str, policy: Policy) -> dict | N
                 "noise_floor": None, "trials": done, "candidate_mean": None, "mainline_mean": None,
                 "more_trials": 0, "reason": t.reason if t else "trial failed",
                 "crash_class": t.crash_class if t else None, "trial_id": t.trial_id if t else None}
-    if not values or not _mainline_ready(state, c.track, c.base_commit, policy):
+    n = _next_look(policy.stats, v, True, 1)
+    if n is None or len(values) < n or not _mainline_ready(state, c.track, c.base_commit, policy):
         return None
+    used, used_seeds = values[:n], state.commit_seeds(c.track, c.commit)[:n]
+    main, main_seeds = state.commit_values(c.track, c.base_commit), state.commit_seeds(c.track, c.base_commit)
+    by_seed = state.values_by_seed(c.track, c.base_commit)
+    pairs = [by_seed.get(s) for s in used_seeds]
+    pairs = None if None in pairs else pairs
+    rho = state.within_seed_rho(c.track)
     sigma, dof = state.noise(c.track, exclude=c.commit)
-    d = stats.decide(values, state.commit_values(c.track, c.base_commit), sigma, dof, policy.stats)
-    return {**base, **_decision_data(d, dof)}
+    d = stats.decide(used, main, sigma, dof, policy.stats, pairs=pairs, rho=rho[0])
+    return {**base, **_decision_data(d, dof), "look_trials": n,
+            "inputs": _inputs(used_seeds, used, main_seeds, main, sigma, dof, rho, pairs)}
 
 
 def decide_retest(state: CampaignState, cid: str, policy: Policy) -> dict | None:
-    """retested event data for the merge of candidate cid (final: promote or revert), or None."""
+    """retested event data for the merge of candidate cid (final: promote or revert), or None.
+    The merge and the previous mainline ran side by side on the same fresh seeds; a look
+    is due when its number of pairs is complete. No one-trial screen: a merge is never
+    reverted on one value."""
     m = state.merges[cid]
     if m.outcome is not None or (m.retest is not None and m.retest.get("final")):
         return None
@@ -257,12 +313,17 @@ def decide_retest(state: CampaignState, cid: str, policy: Policy) -> dict | None
                 "noise_floor": None, "trials": done, "candidate_mean": None, "mainline_mean": None,
                 "more_trials": 0, "reason": f"re-test trial {t.status if t else 'failed'}: "
                                             f"{t.reason if t else ''}".strip()}
-    previous = state.commit_values(m.track, m.previous)
-    if not values or not previous:
+    seeds, mine, theirs = state.retest_pairs(cid)
+    n = _next_look(policy.stats, m.retest, False, policy.retest_trials)
+    if n is None or len(mine) < n:
         return None
+    seeds, mine, theirs = seeds[:n], mine[:n], theirs[:n]
+    rho = state.within_seed_rho(m.track)
     sigma, dof = state.noise(m.track, exclude=m.commit)
-    d = stats.decide(values, previous, sigma, dof, policy.stats)
-    return {**base, **_decision_data(d, dof), "final": d.verdict != "promising"}
+    d = stats.decide(mine, theirs, sigma, dof, policy.stats, screen=False, first=policy.retest_trials,
+                     pairs=theirs, rho=rho[0])
+    return {**base, **_decision_data(d, dof), "final": d.verdict != "promising", "look_trials": n,
+            "inputs": _inputs(seeds, mine, seeds, theirs, sigma, dof, rho, theirs)}
 
 
 def next_decision(state: CampaignState, policy: Policy):

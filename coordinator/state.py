@@ -8,8 +8,12 @@ thousands of trials:
 
 - per track: the trusted mainline (last promoted, else the initial commit), the
   merge being re-tested (at most one), the confirmed candidates waiting for it;
-- per (track, commit): ok metric values in journal order, finished and live
-  trial counts per kind, seeds in use;
+- per (track, commit): ok metric values (with their seeds and kinds) in journal
+  order, finished and live trial counts per kind;
+- per (track, code): the seeds taken. Code is the editable files' content
+  (journaled with each candidate and merge), so a merge whose train.py equals its
+  candidate's is the same code: training is deterministic for a seed, and a
+  (code, seed) run twice adds no information (and re-imports the winner's curse);
 - trials in flight with their lease (last sign of life), candidates still
   open, hypotheses waiting to be implemented, and what still needs a decision.
 
@@ -32,10 +36,13 @@ from journal.events import SCHEMA_VERSION
 from journal.views import VAL_KINDS
 from journal.views import CampaignState as JournalView
 
-# Seeds of each trial kind start here (per commit), so a re-test's seeds are
-# fresh relative to the candidate's (the winner's curse) and a held-out run's
-# seed is never mistaken for a validation one.
+# Fresh seeds of each trial kind start here. A (code, seed) runs at most once per
+# track (held-out runs apart: another split); candidates take their mainline's
+# seeds first (a seed-matched pair shares data order and init), re-tests take
+# seeds neither side ever ran.
 SEED_OFFSET = {"baseline": 0, "candidate": 0, "retest": 1000, "heldout": 2000}
+RHO_MIN_PAIRS = 10          # seed-matched pairs before the within-seed correlation is trusted
+RHO_REFRESH = 0.1           # recompute it when the track's repeated values grew by this share (>= 20)
 # Verdicts that close a candidate (no more seeds).
 FINAL_VERDICTS = ("discard", "confirmed", "crash", "invalid")
 # Trial statuses that count as a finished trial (an aborted one is re-run).
@@ -84,11 +91,15 @@ class TrackState:
 class Group:
     """Running mean and sum of squares (Welford) of one commit's ok values on one track."""
     values: list = field(default_factory=list)   # journal order (decide() looks at the first n)
+    seeds: list = field(default_factory=list)    # the seed of each value
+    kinds: list = field(default_factory=list)    # the trial kind of each value
     mean: float = 0.0
     m2: float = 0.0
 
-    def add(self, x: float):
+    def add(self, x: float, seed=None, kind=None):
         self.values.append(x)
+        self.seeds.append(seed)
+        self.kinds.append(kind)
         delta = x - self.mean
         self.mean += delta / len(self.values)
         self.m2 += delta * (x - self.mean)
@@ -107,6 +118,11 @@ class CampaignState(JournalView):
         self.done: dict[tuple, int] = {}            # (track, commit, kind) -> counted finished trials
         self.live: dict[tuple, set] = {}            # (track, commit, kind) -> trial ids in flight
         self.seeds: dict[tuple, set] = {}           # (track, commit, kind) -> seeds taken (live + counted)
+        self.taken: dict[tuple, set] = {}           # (track, code, family) -> seeds taken (live + counted)
+        self.code: dict[str, str] = {}              # commit -> content key of its editable files
+        self.rho_cache: dict[str, tuple] = {}       # track -> (values seen, rho, pairs)
+        self.owner: dict | None = None              # the coordinator holding the owner lease (its last claim)
+        self.track_groups: dict[str, list] = {}     # track -> its Groups (within_seed_rho reads one track)
         self.leases: dict[str, Lease] = {}          # trial id -> Lease, trials in flight
         self.hyp: dict[str, dict] = {}              # hypothesis id -> hypothesis_proposed data
         self.pending_impl: dict[str, str] = {}      # hypothesis id -> mainline commit to build it on
@@ -150,6 +166,8 @@ class CampaignState(JournalView):
 
     def _swarm_campaign_started(self, ev, d, now):
         self.initial_commit = d.get("initial_commit") or self.initial_commit
+        if d.get("initial_content") and self.initial_commit:
+            self.code[self.initial_commit] = d["initial_content"]
         self.fixed_hashes = dict(d.get("fixed_hashes") or {})
         self.heldout_wanted = bool((d.get("config") or {}).get("heldout", True))
         self.stop_requested = self.fatal = None
@@ -158,6 +176,24 @@ class CampaignState(JournalView):
         self.stop_requested = self.fatal = None
         if isinstance(d.get("config"), dict):
             self.heldout_wanted = bool(d["config"].get("heldout", self.heldout_wanted))
+
+    def _swarm_coordinator_lease(self, ev, d, now):
+        # one coordinator per campaign: a claim takes the lease when nobody holds it, when it is the
+        # holder's own renewal, or when the holder's lease expired (event times: a replay agrees)
+        cur, who = self.owner, str(d["owner"])
+        if d.get("release"):
+            if cur is not None and cur["owner"] == who:
+                self.owner = None
+            return
+        if cur is None or cur["owner"] == who or ev.time > cur["time"] + cur["lease_s"] \
+                or (d.get("takeover_of") and d["takeover_of"] == cur["owner"]):   # its holder died here
+            self.owner = {"owner": who, "host": d.get("host"), "pid": d.get("pid"),
+                          "lease_s": float(d.get("lease_s") or 0), "time": ev.time}
+
+    def owner_now(self, now: float) -> dict | None:
+        """The coordinator whose owner lease is still valid at `now`, or None."""
+        o = self.owner
+        return o if o is not None and now <= o["time"] + o["lease_s"] else None
 
     def _swarm_stop_requested(self, ev, d, now):
         self.stop_requested = str(d.get("reason") or "swarm stop")
@@ -194,6 +230,12 @@ class CampaignState(JournalView):
         key = (lease.track, lease.commit, lease.kind)
         self.live.setdefault(key, set()).add(lease.trial_id)
         self.seeds.setdefault(key, set()).add(lease.seed)
+        self.taken.setdefault(self.code_key(lease.track, lease.commit, lease.kind), set()).add(lease.seed)
+
+    def code_key(self, track, commit, kind) -> tuple:
+        """Where a trial's seed is booked: its track, its code, and its split (held-out runs
+        evaluate another split, so their seeds are their own)."""
+        return (track, self.code.get(commit, commit), "heldout" if kind == "heldout" else "val")
 
     def mark_dispatched(self, trial_id, worker, track, commit, seed, kind, candidate_id, now):
         """A trial handed to a worker, before its trial_started is in the journal."""
@@ -206,6 +248,7 @@ class CampaignState(JournalView):
             key = (lease.track, lease.commit, lease.kind)
             self.live.get(key, set()).discard(trial_id)
             self.seeds.get(key, set()).discard(lease.seed)
+            self.taken.get(self.code_key(*key), set()).discard(lease.seed)
 
     def _swarm_trial_finished(self, ev, d, now):
         t = self.trials[str(d["trial_id"])]
@@ -219,6 +262,7 @@ class CampaignState(JournalView):
             if t.seed is not None and not any(self.leases[o].seed == t.seed
                                               for o in self.live.get(key, ()) if o in self.leases):
                 self.seeds.get(key, set()).discard(int(t.seed))
+                self.taken.get(self.code_key(*key), set()).discard(int(t.seed))
             return
         self.finished_count += 1
         self.done[key] = self.done.get(key, 0) + 1
@@ -226,18 +270,24 @@ class CampaignState(JournalView):
             self.failures.setdefault(key, t.trial_id)
         if t.seed is not None:
             self.seeds.setdefault(key, set()).add(int(t.seed))
+            self.taken.setdefault(self.code_key(*key), set()).add(int(t.seed))
         ts = self.track_state(track)
         if t.value is not None and kind in VAL_KINDS:
-            g = self.groups.setdefault((track, commit), Group())
+            g = self.groups.get((track, commit))
+            if g is None:
+                g = self.groups[(track, commit)] = Group()
+                self.track_groups.setdefault(track, []).append(g)
             before = g.m2
-            g.add(t.value)
+            g.add(t.value, None if t.seed is None else int(t.seed), kind)
             ts.noise_ss += g.m2 - before
             ts.noise_dof += len(g.values) >= 2
         if kind == "candidate" and t.candidate_id in ts.open:
             self.undecided.add(t.candidate_id)
-        elif kind == "retest" and ts.merge is not None and self.merges[ts.merge].commit == commit:
+        elif kind == "retest" and ts.merge is not None and commit in (self.merges[ts.merge].commit,
+                                                                       self.merges[ts.merge].previous) \
+                and (t.status == "ok" or commit == self.merges[ts.merge].commit):
             self.retest_undecided.add(ts.merge)
-        elif kind == "baseline" and t.status != "ok" and commit == ts.trusted:
+        elif kind in ("baseline", "retest") and t.status != "ok" and commit == ts.trusted:
             self.fatal = (f"a baseline trial of the mainline {commit[:12]} on track {track} "
                           f"{'crashed' if t.status == 'crash' else 'was invalid'} "
                           f"({t.crash_class}: {t.reason}); the campaign cannot judge anything "
@@ -256,6 +306,8 @@ class CampaignState(JournalView):
             self.ports.add((d["ported_from"], d.get("track")))
 
     def _swarm_candidate_created(self, ev, d, now):
+        if d.get("content"):
+            self.code[d["commit"]] = d["content"]
         hid = str(d.get("hypothesis_id"))
         self.pending_impl.pop(hid, None)
         ts = self.track_state(d["track"])
@@ -307,6 +359,8 @@ class CampaignState(JournalView):
         ts = self.track_state(d["track"])
         if cid in ts.confirmed:
             ts.confirmed.remove(cid)
+        if d.get("content"):
+            self.code[d["commit"]] = d["content"]
         self.merges[cid] = Merge(cid, d["track"], d["commit"], d.get("previous") or ts.trusted)
         ts.merge = cid
 
@@ -383,15 +437,84 @@ class CampaignState(JournalView):
             return None, 0
         return math.sqrt(max(ss, 0.0) / dof), dof
 
-    def next_seeds(self, track, commit, kind, n) -> list:
-        """n seeds not taken by a live or counted trial of this commit and kind."""
-        taken = self.seeds.get((track, commit, kind), set())
-        out, s = [], SEED_OFFSET.get(kind, 0)
+    def next_seeds(self, track, commit, kind, n, prefer=(), avoid=()) -> list:
+        """n seeds this commit's code never ran (live or counted) on the track: the seeds in
+        prefer first (a candidate takes its mainline's, so the two can be compared seed by
+        seed), then fresh ones from the kind's offset up. avoid: other commits whose code
+        must not have run them either (a re-test's seeds are fresh for both sides)."""
+        taken = set(self.taken.get(self.code_key(track, commit, kind), ()))
+        for other in avoid:
+            taken |= self.taken.get(self.code_key(track, other, kind), set())
+        out = []
+        for s in prefer:
+            if len(out) == n:
+                return out
+            if s is not None and s not in taken and s not in out:
+                out.append(s)
+        s = SEED_OFFSET.get(kind, 0)
         while len(out) < n:
-            if s not in taken:
+            if s not in taken and s not in out:
                 out.append(s)
             s += 1
         return out
+
+    def commit_seeds(self, track, commit) -> list:
+        g = self.groups.get((track, commit))
+        return list(g.seeds) if g is not None else []
+
+    def values_by_seed(self, track, commit, kinds=VAL_KINDS) -> dict:
+        """seed -> the first ok value of this commit on that seed (of the given kinds)."""
+        g = self.groups.get((track, commit))
+        out = {}
+        if g is not None:
+            for x, seed, kind in zip(g.values, g.seeds, g.kinds):
+                if kind in kinds and seed is not None:
+                    out.setdefault(seed, x)
+        return out
+
+    def retest_pairs(self, cid) -> tuple[list, list, list]:
+        """(seeds, merge values, previous mainline values) of a re-test's finished seed-matched
+        pairs, in the order the merge's re-test values came in."""
+        m = self.merges[cid]
+        prev = self.values_by_seed(m.track, m.previous, ("retest",))
+        seeds, a, b = [], [], []
+        for seed, x in self.values_by_seed(m.track, m.commit, ("retest",)).items():
+            if seed in prev:
+                seeds.append(seed)
+                a.append(x)
+                b.append(prev[seed])
+        return seeds, a, b
+
+    def within_seed_rho(self, track) -> tuple[float | None, int]:
+        """The track's within-seed correlation of trial noise: residuals from each commit's
+        own mean, correlated between different commits run on the same seed (the same data
+        order and initialization). (rho, pairs); rho None below RHO_MIN_PAIRS pairs. Kept
+        until the track's repeated values grew by RHO_REFRESH (it is O(values) to compute)."""
+        cached = self.rho_cache.get(track)
+        ts = self.swarm.get(track)
+        seen = ts.noise_dof if ts is not None else 0
+        if cached is not None and seen - cached[0] < max(20, RHO_REFRESH * cached[0]):
+            return cached[1], cached[2]
+        by_seed: dict = {}
+        for g in self.track_groups.get(track, ()):
+            if len(g.values) < 2:
+                continue
+            for x, seed in zip(g.values, g.seeds):
+                if seed is not None:
+                    r = by_seed.setdefault(seed, [0.0, 0.0, 0])
+                    r[0] += x - g.mean
+                    r[1] += (x - g.mean) ** 2
+                    r[2] += 1
+        sxy = sxx = 0.0
+        pairs = 0
+        for tot, sq, k in by_seed.values():
+            if k >= 2:
+                sxy += (tot * tot - sq) / 2.0        # sum over pairs i < j of r_i r_j
+                sxx += (k - 1) * sq / 2.0            # sum over pairs of (r_i^2 + r_j^2) / 2
+                pairs += k * (k - 1) // 2
+        rho = sxy / sxx if pairs >= RHO_MIN_PAIRS and sxx > 0 else None
+        self.rho_cache[track] = (seen, rho, pairs)
+        return rho, pairs
 
     def hypothesis_of(self, cid) -> dict:
         c = self.candidates.get(cid)

@@ -54,6 +54,7 @@ Measured error rates of the defaults: bench/statistics.py, docs/statistics.md.
 Pure functions, no I/O; the Student-t CDF is implemented here (no scipy).
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -191,20 +192,53 @@ def _check_config(cfg):
         raise ValueError(f"StatsConfig needs max_trials >= 1, min_effect >= 0, prior_sigma > 0: {cfg}")
 
 
-def look_schedule(cfg):
+def look_schedule(cfg, screen: bool = True, first: int = 1):
     """Trial counts at which decide() looks, and the alpha each look may spend.
 
-    Looks: 1 (the screen), cfg.looks below max_trials, max_trials. The overall alpha
-    is spent on the looks after the screen in proportion to the trials each adds
-    (a single look, max_trials == 1, gets all of it). Returns [(n_k, alpha_k), ...].
+    screen=True (a candidate): looks 1 (the screen), cfg.looks below max_trials,
+    max_trials; the overall alpha is spent on the looks after the screen in proportion
+    to the trials each adds (a single look, max_trials == 1, gets all of it).
+    screen=False (a re-test): the first look is at `first` trials and may confirm; the
+    alpha is spent on every look in proportion to the trials it adds.
+    Returns [(n_k, alpha_k), ...].
     """
     _check_config(cfg)
-    ns = sorted({1, cfg.max_trials} | {int(n) for n in cfg.looks if 1 <= n < cfg.max_trials})
     alpha = 1.0 - cfg.confidence
+    if not screen:
+        first = max(1, min(int(first), cfg.max_trials))
+        ns = sorted({first, cfg.max_trials} | {int(n) for n in cfg.looks if first <= n < cfg.max_trials})
+        return [(n, alpha * (n - prev) / ns[-1]) for prev, n in zip([0] + ns, ns)]
+    ns = sorted({1, cfg.max_trials} | {int(n) for n in cfg.looks if 1 <= n < cfg.max_trials})
     if len(ns) == 1:
         return [(1, alpha)]
     span = ns[-1] - ns[0]
     return [(ns[0], 0.0)] + [(n, alpha * (n - prev) / span) for prev, n in zip(ns, ns[1:])]
+
+
+@functools.lru_cache(maxsize=4096)
+def t_isf(p, dof):
+    """The t with P(T >= t) = p (0 < p < 1), by bisection on t_sf (to ~1e-7; cached: a look's
+    alpha and dof repeat)."""
+    lo, hi = -1e3, 1e3
+    for _ in range(64):
+        mid = 0.5 * (lo + hi)
+        if t_sf(mid, dof) > p:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def paired_is_stronger(rho, n, n_main, dof_unpaired, alpha):
+    """Does a paired t-test on n seed-matched differences beat the unpaired test against
+    n_main mainline values, given the track's within-seed correlation rho? Compares the
+    smallest detectable gain of each (critical t x standard error, in units of sigma):
+    pairing shrinks the variance of a difference by (1 - rho) but leaves n - 1 dof."""
+    if rho is None or n < 3 or not 0 < alpha < 1:
+        return False
+    paired = t_isf(alpha, n - 1) * math.sqrt(max(0.0, 2.0 * (1.0 - rho)) / n)
+    unpaired = t_isf(alpha, dof_unpaired if dof_unpaired > 0 else math.inf) * math.sqrt(1.0 / n + 1.0 / n_main)
+    return paired < unpaired
 
 
 def _in_sigma(effect, s):
@@ -213,13 +247,19 @@ def _in_sigma(effect, s):
     return 0.0 if effect == 0 else math.copysign(math.inf, effect)  # zero noise: any difference is huge
 
 
-def decide(candidate_values, mainline_values, sigma, dof, cfg=StatsConfig()):
+def decide(candidate_values, mainline_values, sigma, dof, cfg=StatsConfig(), *, screen=True, first=1,
+           pairs=None, rho=None):
     """Verdict on a candidate from its trials and the mainline's (same track).
 
     candidate_values: its finished trials in journal order (crashes left out).
     mainline_values: the trials of the mainline commit it is compared with.
     sigma, dof: the track's noise floor from noise_floor() over mainline commits; leave
     this candidate's trials out of it (decide() pools them in itself). None / 0: unknown.
+    screen=False, first=n: a re-test (look_schedule): no one-trial screen, first look at n.
+    pairs: the mainline's values on the candidate's own seeds, aligned with
+    candidate_values (same seed, same data order and init), or None. When rho (the track's
+    measured within-seed correlation) makes it stronger (paired_is_stronger), the look uses
+    a paired t-test on the differences; otherwise the unpaired test above.
     Returns a Decision; when "promising", more_trials seeds are wanted now (count
     the ones already running against it).
     """
@@ -229,7 +269,9 @@ def decide(candidate_values, mainline_values, sigma, dof, cfg=StatsConfig()):
         raise ValueError("decide() needs at least one finished candidate trial")
     if not main:
         raise ValueError("decide() needs at least one mainline trial on this track: run a baseline trial first")
-    schedule = look_schedule(cfg)
+    schedule = look_schedule(cfg, screen, first)
+    if len(cand) < schedule[0][0]:
+        raise ValueError(f"decide() needs {schedule[0][0]} trials for its first look, got {len(cand)}")
     if sigma is None or dof is None or dof < 1:
         sigma, dof = 0.0, 0
 
@@ -238,6 +280,7 @@ def decide(candidate_values, mainline_values, sigma, dof, cfg=StatsConfig()):
     n_look, alpha_k = schedule[k]
     used = cand[:n_look]
     last = k == len(schedule) - 1
+    matched = _check_values(pairs[:n_look], "pairs") if pairs is not None and len(pairs) >= n_look else None
 
     # pooled sigma: the track's noise floor plus the candidate's own spread
     cm, mm = math.fsum(used) / n_look, math.fsum(main) / len(main)
@@ -250,8 +293,15 @@ def decide(candidate_values, mainline_values, sigma, dof, cfg=StatsConfig()):
         s, dof_t = cfg.prior_sigma, math.inf
         test = f"one-sided z-test, PRIOR sigma {cfg.prior_sigma:g} (no repeated trials yet)"
     effect = cm - mm
-    gain = -effect if cfg.direction == "minimize" else effect
     se = s * math.sqrt(1.0 / n_look + 1.0 / len(main))
+    if matched is not None and paired_is_stronger(rho, n_look, len(main), dof_t, alpha_k or (1 - cfg.confidence)):
+        diffs = [c - m for c, m in zip(used, matched)]
+        effect = math.fsum(diffs) / n_look
+        mm = cm - effect
+        sd = math.sqrt(math.fsum((x - effect) ** 2 for x in diffs) / (n_look - 1))
+        se, dof_t = sd / math.sqrt(n_look), n_look - 1
+        test = f"one-sided paired t-test on {n_look} seed-matched differences (dof {dof_t}, within-seed rho {rho:.2f})"
+    gain = -effect if cfg.direction == "minimize" else effect
     if se > 0:
         p = t_sf(gain / se, dof_t)
     else:  # identical repeated trials (a deterministic target): any difference is real
@@ -261,7 +311,7 @@ def decide(candidate_values, mainline_values, sigma, dof, cfg=StatsConfig()):
 
     # the verdict. Only a look with alpha to spend can confirm; discards are always allowed
     significant = alpha_k > 0 and p <= alpha_k
-    rule, needed = ("screen", cfg.screen_sigma) if k == 0 else ("futility", cfg.futility_sigma)
+    rule, needed = ("screen", cfg.screen_sigma) if k == 0 and screen else ("futility", cfg.futility_sigma)
     if significant and gain >= cfg.min_effect:
         verdict, why = "confirmed", f"p <= alpha and gain >= min_effect {cfg.min_effect:g}"
     elif last:

@@ -6,7 +6,7 @@
     for pos, ev in j.read(): ...
 """
 
-from .backend import Journal, JournalError, open_journal
+from .backend import Journal, JournalError, JournalUnavailable, open_journal
 from .events import EVENT_TYPES, SCHEMA_VERSION, Event
 
-__all__ = ["open_journal", "Event", "JournalError", "Journal", "EVENT_TYPES", "SCHEMA_VERSION"]
+__all__ = ["open_journal", "Event", "JournalError", "JournalUnavailable", "Journal", "EVENT_TYPES", "SCHEMA_VERSION"]

@@ -37,6 +37,12 @@ class JournalError(Exception):
     """Any journal failure a user can act on; the message says what to check."""
 
 
+class JournalUnavailable(JournalError):
+    """The journal cannot be reached right now (a Redis restart, a network outage): the same
+    call may succeed later. Writers keep their events and retry them, in order (appends are
+    idempotent by event id)."""
+
+
 def check_campaign(campaign: str) -> str:
     if not isinstance(campaign, str) or not CAMPAIGN_RE.match(campaign):
         raise JournalError(f"bad campaign tag {campaign!r}: use 1-100 letters, digits, '.', '_' or '-', "

@@ -49,7 +49,17 @@ EVENT_TYPES = {
     "lab_note": ("author", "title", "text"),
     "agent_usage": ("agent", "model", "purpose", "input_tokens", "output_tokens",
                     "cache_read_tokens", "cache_write_tokens", "cost_usd", "latency_s"),
+    "coordinator_lease": ("owner", "host", "pid", "lease_s", "release", "takeover_of"),
 }
+# Namespace of event ids that are derived rather than random (result_event_id).
+RESULT_ID_NAMESPACE = uuid.UUID("5a0e6f1c-3b7d-4c59-9f0e-2f3c1d7a8b90")
+
+
+def result_event_id(trial_id: str) -> str:
+    """The id of a trial's trial_finished event, the same whoever writes it (the worker, or the
+    coordinator from the worker's Ray reply): appends are idempotent by id, so a result that
+    both send after a journal outage is stored once."""
+    return uuid.uuid5(RESULT_ID_NAMESPACE, f"trial_finished:{trial_id}").hex
 
 
 def _json_default(obj):

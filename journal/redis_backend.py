@@ -6,8 +6,9 @@ Keys (prefix per campaign):
   swarm:campaigns           sorted set campaign -> last append time (ms), for listing
 A Lua script checks the id and XADDs atomically, so a client that lost the reply
 and sends the same event again gets the first copy's position back. The stream
-gives one order to every reader. Lost connections are retried with exponential
-backoff, long enough to ride out a Redis restart.
+gives one order to every reader. A lost connection is retried briefly (redis-py's
+backoff, ~9 s in all), then raises JournalUnavailable: the writers (coordinator,
+workers) keep their events and retry them in order for up to several minutes.
 """
 
 import json
@@ -21,12 +22,13 @@ from redis.retry import Retry
 
 from safety.redact import redact_text
 
-from .backend import FOLLOW_BLOCK_S, PAGE_SIZE, Journal, JournalError
+from .backend import FOLLOW_BLOCK_S, PAGE_SIZE, Journal, JournalError, JournalUnavailable
 from .events import Event, malformed
 
 # Key namespace shared by all campaigns of a swarm.
 KEY_PREFIX = "swarm"
-# Reconnect attempts per command and their backoff: about a minute of outage in all.
+# Reconnect attempts per command and their backoff: ~9 s in all, then JournalUnavailable
+# (the writers ride out longer outages themselves: coordinator/campaign.py, worker/worker.py).
 RETRIES = 8
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 2.0
@@ -109,7 +111,7 @@ class RedisJournal(Journal):
             return JournalError(f"Redis at {self.where}: authentication failed: check the password "
                                 "in redis://:PASSWORD@host:port/db")
         if isinstance(e, (ConnectionError, TimeoutError)):
-            return JournalError(f"cannot reach Redis at {self.where} ({e}): check that redis-server "
+            return JournalUnavailable(f"cannot reach Redis at {self.where} ({e}): check that redis-server "
                                 "runs there, the host and port in the URL, and the firewall")
         return JournalError(f"Redis at {self.where}: {e}")
 

@@ -231,7 +231,11 @@ def test_round_trip_on_the_real_train_py():
     # perturb every knob the offline agent knows through its first step, and back
     ctx = ctx_for(text)
     hs = OfflineProposer(seed=0, combine_prob=0).propose(ctx, 100)
-    one_per_knob = {next(iter(h.params)): h for h in hs}.values()
+    first_step = {}
+    for h in hs:
+        if h.params:
+            first_step.setdefault(next(iter(h.params)), h)
+    one_per_knob = first_step.values()
     assert len(one_per_knob) >= 10, "the offline agent should find most knobs in train.py"
     for h in one_per_knob:
         new = rewrite_constants(text, h.params)
@@ -332,30 +336,33 @@ def test_never_repeats_what_was_judged_on_the_same_mainline_and_exhausts():
         seen.add(hypothesis_key(h))
         history.append(judged(h, verdict))
     assert len(seen) == SMALL_SPACE
-    assert proposer.propose(ctx_for(SMALL_PY, history=history), 5) == []  # exhausted: none, not repeats
+    # the coarse space is exhausted: finer steps around the current values, never a repeat
+    finer = proposer.propose(ctx_for(SMALL_PY, history=history), 5)
+    assert len(finer) == 5 and not {hypothesis_key(h) for h in finer} & seen
+    assert all("finer step" in h.rationale for h in finer)
 
 
-def test_returns_fewer_when_the_space_is_smaller_than_asked_and_remembers_its_own():
+def test_coarse_space_first_and_remembers_its_own():
     proposer = OfflineProposer(seed=0, combine_prob=0)
     ctx = ctx_for(SMALL_PY)
     first = proposer.propose(ctx, 5)
-    rest = proposer.propose(ctx, 100)  # same context, history not updated yet: no repeats
+    rest = proposer.propose(ctx, SMALL_SPACE - 5)  # same context, history not updated yet: no repeats
     assert len(first) == 5 and len(rest) == SMALL_SPACE - 5
     keys = [hypothesis_key(h) for h in first + rest]
     assert len(set(keys)) == SMALL_SPACE
-    assert proposer.propose(ctx, 3) == []
+    more = proposer.propose(ctx, 3)                 # finer steps then, still never a repeat
+    assert len(more) == 3 and not {hypothesis_key(h) for h in more} & set(keys)
 
 
 def test_earlier_losers_come_back_after_the_mainline_moves():
     history = []
-    for h in OfflineProposer(seed=0, combine_prob=0).propose(ctx_for(SMALL_PY, "m1"), 100):
+    for h in OfflineProposer(seed=0, combine_prob=0).propose(ctx_for(SMALL_PY, "m1"), SMALL_SPACE):
         history.append(judged(h, "discard"))
     assert len(history) == SMALL_SPACE
-    assert OfflineProposer(seed=0).propose(ctx_for(SMALL_PY, "m1", history), 5) == []
     # the mainline moved (DEPTH 4 -> 3 was merged): old values are eligible again,
     # except the new current value; the retry says so
     moved = SMALL_PY.replace("DEPTH = 4", "DEPTH = 3")
-    again = OfflineProposer(seed=0, combine_prob=0).propose(ctx_for(moved, "m2", history), 100)
+    again = OfflineProposer(seed=0, combine_prob=0).propose(ctx_for(moved, "m2", history), SMALL_SPACE)
     old_keys = {hypothesis_key(e) for e in history}
     retried = [h for h in again if hypothesis_key(h) in old_keys]
     assert len(retried) == SMALL_SPACE - 2  # DEPTH=3 is current now; DEPTH 3 -> 4 wasn't possible before
@@ -449,3 +456,38 @@ def test_implementer_reports_missing_or_unparsable_train_py(tmp_path):
         OfflineImplementer().implement(h, tmp_path)
     with pytest.raises(ImplementationError, match="carries a patch"):
         OfflineImplementer().implement(Hypothesis("h2", "t", "r", "e", "low", "llm", patch="--- a\n"), tmp_path)
+
+
+@pytest.mark.skipif(not (ROOT / "train.py").exists(), reason="train.py not written yet")
+def test_structural_one_liners_are_patches_that_apply_to_the_real_train_py(tmp_path):
+    import subprocess
+
+    from coordinator.mainline import PatchImplementer
+    text = (ROOT / "train.py").read_text(encoding="utf-8")
+    coarse = OfflineProposer(seed=0, combine_prob=0).propose(ctx_for(text), 1000)
+    patches = [h for h in coarse if h.patch]
+    assert len(patches) >= 6, [h.title for h in coarse if not h.params]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    for h in patches:
+        (tmp_path / "train.py").write_text(text, encoding="utf-8")
+        subprocess.run(["git", "add", "train.py"], cwd=tmp_path, check=True)
+        PatchImplementer().implement(h, tmp_path)
+        new = (tmp_path / "train.py").read_text(encoding="utf-8")
+        assert new != text and h.params is None
+        compile(new, "train.py", "exec")
+
+
+def test_still_proposes_after_300_trials_on_a_small_target(tmp_path):
+    """Never out of ideas: every proposal judged (discarded) on the same mainline, 300 times
+    over, and the offline agent still proposes something new each time (finer steps)."""
+    history, seen = [], set()
+    for i in range(300):
+        hs = OfflineProposer(seed=1).propose(ctx_for(SMALL_PY, history=history), 1)
+        assert len(hs) == 1, f"out of ideas after {i} judged hypotheses"
+        key = hypothesis_key(hs[0])
+        assert key not in seen
+        seen.add(key)
+        history.append(judged(hs[0], "discard", effect_sigma=0.3))
+        (tmp_path / "train.py").write_text(SMALL_PY, encoding="utf-8")
+        OfflineImplementer().implement(hs[0], tmp_path)
+        compile((tmp_path / "train.py").read_text(encoding="utf-8"), "train.py", "exec")

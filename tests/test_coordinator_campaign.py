@@ -100,8 +100,9 @@ def test_synthetic_campaign_judges_known_effects(ray_local, tmp_path):
     repo = make_repo(tmp_path / "repo")
     logs = []
     agent = (LuckyFirst(), OfflineImplementer())
-    reason = Campaign(config(repo, "stat", workers=1, max_trials=40, baseline_trials=5), agent=agent, log=logs.append).run()
-    assert reason == "reached --max-trials 40", logs[-5:]
+    # 60 trials: a re-test runs the merge and the previous mainline side by side (8 trials a look)
+    reason = Campaign(config(repo, "stat", workers=1, max_trials=60, baseline_trials=5), agent=agent, log=logs.append).run()
+    assert reason == "reached --max-trials 60", logs[-5:]
     events = events_of(repo, "stat")
     st = check_consistent(repo, "stat", events)
     initial = st.initial_commit

@@ -9,6 +9,7 @@ import pytest
 from coordinator.config import ConfigError, load_config, parse_until
 from coordinator.scheduler import Policy, decide_candidate, decide_retest, pending_decisions, schedule, work
 from coordinator.state import CampaignState
+from coordinator import stats
 from coordinator.stats import StatsConfig, noise_floor
 from journal import Event
 
@@ -53,12 +54,12 @@ class Journal:
                   crash_class=None if status == "ok" else "exception", reason=reason,
                   val_bpb=value if status == "ok" else None)
 
-    def candidate(self, track, cid, base=INIT):
+    def candidate(self, track, cid, base=INIT, content=None):
         hid = "h" + cid
         self.emit("hypothesis_proposed", hypothesis_id=hid, title=f"change {cid}", rationale="", agent="test",
                   track=track, mainline_commit=base, params={"X": cid})
         self.emit("candidate_created", candidate_id=cid, hypothesis_id=hid, track=track,
-                  commit="c" + cid.ljust(39, "0"), base_commit=base, diff="")
+                  commit="c" + cid.ljust(39, "0"), base_commit=base, diff="", content=content)
         return "c" + cid.ljust(39, "0")
 
     def baselines(self, track, values=(2.00, 2.01, 1.99)):
@@ -182,10 +183,23 @@ def test_retest_before_new_candidates_and_after_promising():
     c = j.candidate(A, "m1")
     j.emit("verdict", candidate_id="m1", hypothesis_id="hm1", track=A, verdict="confirmed", trials=4)
     j.emit("merged", track=A, candidate_id="m1", commit="m" * 40, previous=INIT)
-    got = schedule(j.state, [(f"w{i}", A) for i in range(6)], POLICY)
-    assert kinds(got) == ["retest"] * 4 + ["candidate"]
-    assert sorted(a.seed for a in got[:4]) == [1000, 1001, 1002, 1003]   # fresh seeds
-    assert got[0].base_commit == INIT and got[0].commit == "m" * 40
+    # the merge and the previous mainline side by side, on the same fresh seeds (pairs)
+    got = schedule(j.state, [(f"w{i}", A) for i in range(9)], POLICY)
+    assert kinds(got) == ["retest"] * 8 + ["candidate"]
+    merge = [a.seed for a in got[:8] if a.commit == "m" * 40]
+    previous = [a.seed for a in got[:8] if a.commit == INIT]
+    assert merge == previous == [1000, 1001, 1002, 1003]               # fresh: the baselines ran 0-2
+    assert got[0].base_commit == INIT and got[0].smoke and not got[1].smoke
+    # a pair left half-run (one worker) is completed before a new pair starts
+    j2 = Journal()
+    j2.join("w1", A)
+    j2.baselines(A)
+    j2.candidate(A, "m1")
+    j2.emit("verdict", candidate_id="m1", hypothesis_id="hm1", track=A, verdict="confirmed", trials=4)
+    j2.emit("merged", track=A, candidate_id="m1", commit="m" * 40, previous=INIT)
+    j2.trial(A, "m" * 40, "retest", 1000, 1.9, cid="m1")
+    got = schedule(j2.state, [("w1", A)], POLICY)
+    assert [(a.commit, a.seed) for a in got] == [(INIT, 1000)]
     assert c
 
 
@@ -345,24 +359,37 @@ def test_retest_promote_and_replay_reproduces_the_state():
     j = Journal()
     j.join("w1", A)
     j.baselines(A)
-    c = j.candidate(A, "m1")
+    c = j.candidate(A, "m1", content="code-m1")
     for s, v in enumerate((1.90, 1.91, 1.89, 1.905)):
         j.trial(A, c, "candidate", s, v, cid="m1")
         j.decide()
     assert j.state.candidates["m1"].verdict["verdict"] == "confirmed"
     assert j.state.swarm[A].confirmed == ["m1"]
-    j.emit("merged", track=A, candidate_id="m1", commit="m" * 40, previous=INIT)
-    for s, v in enumerate((1.90, 1.905, 1.895, 1.90)):
+    # the look's inputs are journaled with it: values with seeds, sigma, dof
+    v = j.state.candidates["m1"].verdict
+    assert [s for s, _ in v["inputs"]["candidate"]] == [0, 1] and v["look_trials"] == 2   # confirmed at look 2
+    assert [s for s, _ in v["inputs"]["mainline"]] == [0, 1, 2]
+    # the merge's train.py is the candidate's: the same code
+    j.emit("merged", track=A, candidate_id="m1", commit="m" * 40, previous=INIT, content="code-m1")
+    for s, v, prev in zip(range(4), (1.90, 1.905, 1.895, 1.90), (2.0, 2.01, 1.99, 2.005)):
         j.trial(A, "m" * 40, "retest", 1000 + s, v, cid="m1")
         j.decide()
+        assert j.state.merges["m1"].retest is None      # a pair is half-run: nothing to decide
+        j.trial(A, INIT, "retest", 1000 + s, prev, cid="m1")
+        j.decide()
     r = j.state.merges["m1"].retest
-    assert r["final"] and r["verdict"] == "confirmed"
+    assert r["final"] and r["verdict"] == "confirmed" and r["look_trials"] == 4
+    assert [s for s, _ in r["inputs"]["mainline"]] == [1000, 1001, 1002, 1003]
     j.emit("promoted", track=A, commit="m" * 40, previous=INIT, candidate_id="m1", val_bpb=1.9)
     st = j.state
     assert st.swarm[A].trusted == "m" * 40 and st.swarm[A].merge is None
     assert st.heldout == {(A, "m" * 40): None}
     # the re-test trials are the new mainline's baseline: no new baseline trials
     assert kinds(schedule(st, [("w1", A), ("w2", A)], POLICY)) == ["heldout"]
+    # more baselines are fresh seeds: never the candidate's (same code, same seed: same value)
+    more = Policy(baseline_trials=7, retest_trials=4, smoke=True, stats=StatsConfig(max_trials=8))
+    got = [a for a in schedule(st, [("w1", A), ("w2", A), ("w3", A)], more) if a.kind == "baseline"]
+    assert [a.seed for a in got] == [4, 5, 6]
 
     again = CampaignState("t")
     for i, ev in enumerate(j.events):
@@ -371,3 +398,71 @@ def test_retest_promote_and_replay_reproduces_the_state():
         assert getattr(again, attr) == getattr(st, attr), attr
     assert again.swarm[A].trusted == st.swarm[A].trusted and again.noise(A) == st.noise(A)
     assert [x.candidate_id for x in again.merges.values()] == ["m1"]
+
+
+def test_each_look_is_decided_once_on_frozen_inputs():
+    j = Journal()
+    j.join("w1", A)
+    j.baselines(A)
+    c = j.candidate(A, "p1")
+    for s, v in enumerate((1.97, 1.975)):             # ~2.5 sigma better: promising at looks 1 and 2
+        j.trial(A, c, "candidate", s, v, cid="p1")
+        j.decide()
+    verdicts = lambda: [e.data for e in j.events if e.type == "verdict"]  # noqa: E731
+    assert [(v["verdict"], v["look_trials"]) for v in verdicts()] == [("promising", 1), ("promising", 2)]
+    # new mainline values and a third candidate trial: look 2 is not re-opened
+    for s in (3, 4, 5):
+        j.trial(A, INIT, "baseline", s, 1.90)
+    j.trial(A, c, "candidate", 2, 1.96, cid="p1")
+    j.decide()
+    assert len(verdicts()) == 2
+    j.trial(A, c, "candidate", 3, 1.965, cid="p1")
+    j.decide()
+    last = verdicts()[-1]
+    assert len(verdicts()) == 3 and last["look_trials"] == 4
+    assert len(last["inputs"]["mainline"]) == 6           # frozen when look 4 was decided
+
+
+def test_a_retest_is_never_reverted_on_one_value():
+    j = Journal()
+    j.join("w1", A)
+    j.baselines(A)
+    j.candidate(A, "m1")
+    j.emit("verdict", candidate_id="m1", hypothesis_id="hm1", track=A, verdict="confirmed", trials=4)
+    j.emit("merged", track=A, candidate_id="m1", commit="m" * 40, previous=INIT)
+    j.trial(A, "m" * 40, "retest", 1000, 2.10, cid="m1")     # one bad value (10 sigma worse)
+    j.trial(A, INIT, "retest", 1000, 2.00, cid="m1")
+    j.decide()
+    assert j.state.merges["m1"].retest is None and j.state.merges["m1"].outcome is None
+    for s in (1001, 1002, 1003):
+        j.trial(A, "m" * 40, "retest", s, 1.99, cid="m1")
+        j.trial(A, INIT, "retest", s, 2.00, cid="m1")
+    j.decide()
+    r = j.state.merges["m1"].retest
+    assert r["look_trials"] == 4 and "screen" not in r["test"]
+
+
+def test_within_seed_correlation_is_measured_and_picks_the_paired_test():
+    rng = random.Random(5)
+    seed_effect = [rng.gauss(0, 0.03) for _ in range(12)]     # data order and init: shared by every code
+    j = Journal()
+    j.join("w1", A)
+    for s in range(12):
+        j.trial(A, INIT, "baseline", s, 2.0 + seed_effect[s] + rng.gauss(0, 0.003))
+    other = j.candidate(A, "o1")
+    for s in range(10):
+        j.trial(A, other, "candidate", s, 2.05 + seed_effect[s] + rng.gauss(0, 0.003), cid="o1")
+    rho, pairs = j.state.within_seed_rho(A)
+    assert pairs == 10 and rho > 0.8
+    # a candidate 1 sigma better takes the mainline's seeds: from 3 pairs on, judged seed by seed
+    c = j.candidate(A, "p1")
+    for s in range(4):
+        j.trial(A, c, "candidate", s, 1.97 + seed_effect[s] + rng.gauss(0, 0.003), cid="p1")
+        j.decide()
+    v = j.state.candidates["p1"].verdict
+    assert v["look_trials"] == 4 and v["inputs"]["paired"] and v["inputs"]["rho"] > 0.8
+    assert "paired t-test" in v["test"] and v["verdict"] == "confirmed"
+    assert [s for s, _ in v["inputs"]["candidate"]] == [0, 1, 2, 3]
+    # independent noise: the unpaired test stays
+    assert not stats.paired_is_stronger(0.0, 4, 8, 20, 0.05 / 7)
+    assert stats.paired_is_stronger(0.9, 4, 8, 20, 0.05 / 7)

@@ -21,6 +21,9 @@ import traceback
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from journal.backend import JournalUnavailable
+from journal.events import result_event_id
+
 from . import hardware, trial
 from .classify import Classified, tail
 from .repo import BUNDLE_SIGNATURE, CandidateError, WorkerRepo, branch_name
@@ -38,11 +41,13 @@ FINGERPRINT_TIMEOUT = 600
 # Seconds run_trial waits for trial_started / trial_finished to reach the journal
 # (after that the event stays queued and is written when the journal answers).
 JOURNAL_WAIT = 15.0
-# Longest pause between retries of a journal write that failed, and how many tries an event
-# gets before it goes to the worker's unsent-events file instead (so one bad event or a long
-# outage cannot hold up the events behind it forever).
-JOURNAL_RETRY_MAX = 30.0
+# Longest pause between retries of a journal write that failed. An unreachable journal (a Redis
+# restart, a network outage) is waited out for JOURNAL_OUTAGE_S, the events kept in order; any
+# other failure gets JOURNAL_TRIES tries. Then the event goes to the worker's unsent-events file
+# (so one bad event or an endless outage cannot hold up the events behind it forever).
+JOURNAL_RETRY_MAX = 2.0
 JOURNAL_TRIES = 8
+JOURNAL_OUTAGE_S = 600.0
 # Trial kinds (CONTRACTS.md).
 KINDS = ("baseline", "candidate", "retest", "heldout")
 # The worker's clock: a run may take budget + allowance seconds of wall time, where the allowance is
@@ -281,7 +286,8 @@ class Worker:
         timings["total"] = time.monotonic() - t0
         finished = {**common, **{k: v for k, v in result.to_dict().items() if k not in common},
                     "timings": dict(timings)}
-        timings["journal"] += self._emit("trial_finished", finished, wait=True)
+        timings["journal"] += self._emit("trial_finished", finished, wait=True,
+                                         event_id=result_event_id(spec.trial_id))
         self._keep_result(finished)
         timings["total"] = time.monotonic() - t0
         return result
@@ -473,11 +479,11 @@ class Worker:
 
     # ---- journal ---------------------------------------------------------------------------
 
-    def _emit(self, type, data, wait=False) -> float:
+    def _emit(self, type, data, wait=False, event_id=None) -> float:
         if self.journal is None:
             return 0.0
         t = time.monotonic()
-        self.journal.emit(type, data, wait)
+        self.journal.emit(type, data, wait, event_id)
         return time.monotonic() - t
 
     def _beat(self, interval):
@@ -511,9 +517,12 @@ class _JournalWriter:
         self._thread = threading.Thread(target=self._loop, name=f"journal-{source}", daemon=True)
         self._thread.start()
 
-    def emit(self, type, data, wait=False):
+    def emit(self, type, data, wait=False, event_id=None):
         done = threading.Event() if wait else None
-        self.queue.put((self._Event(type=type, source=self.source, data=data), done))
+        event = self._Event(type=type, source=self.source, data=data)
+        if event_id:
+            event.id = event_id
+        self.queue.put((event, done))
         if done is not None:
             done.wait(JOURNAL_WAIT)
 
@@ -523,23 +532,30 @@ class _JournalWriter:
             if item is None:
                 return
             event, done = item
-            pause = 0.5
-            for attempt in range(1, JOURNAL_TRIES + 1):
+            pause, attempt, since = 0.5, 0, None
+            while True:
                 try:
                     self.journal.append(event)     # idempotent by event id: retrying is safe
+                    if since is not None:
+                        print(f"worker {self.source}: the journal is back after "
+                              f"{time.monotonic() - since:.0f}s; sending the kept events", file=sys.stderr)
                     break
                 except Exception as e:
                     self.errors += 1
+                    attempt += 1
                     self.last_error = f"{type(e).__name__}: {e}"
-                    if attempt == JOURNAL_TRIES:
+                    since = time.monotonic() if since is None else since
+                    away = isinstance(e, JournalUnavailable)
+                    if (away and time.monotonic() - since > JOURNAL_OUTAGE_S) or (not away and attempt >= JOURNAL_TRIES):
                         with open(self.unsent, "a") as f:
                             f.write(event.to_json() + "\n")
                         print(f"worker {self.source}: journal write failed {attempt} times "
                               f"({self.last_error}); {event.type} {event.id} kept in {self.unsent}",
                               file=sys.stderr)
                         break
-                    print(f"worker {self.source}: journal write failed ({self.last_error}); "
-                          f"retrying in {pause:.1f}s", file=sys.stderr)
+                    if attempt == 1:
+                        print(f"worker {self.source}: journal write failed ({self.last_error}); keeping "
+                              f"the events in order and retrying", file=sys.stderr)
                     time.sleep(pause)
                     pause = min(pause * 2, JOURNAL_RETRY_MAX)
             if done is not None:
