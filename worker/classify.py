@@ -1,7 +1,7 @@
 """Read a finished run: its summary figures, or what kind of failure it was and why.
 
 The coordinator treats failure classes differently (an OOM says "too big for
-this machine", NaN says "unstable", a timeout says "ignored the budget or hung"),
+this machine", NaN says "unstable", time says "ran past the worker's clock", a timeout says "hung"),
 so every run ends in exactly one class with a one-line reason and the log's tail.
 """
 
@@ -31,7 +31,7 @@ SUMMARY_JSON = "summary_json:"
 @dataclass
 class Classified:
     status: str                  # ok | crash | invalid | aborted
-    crash_class: str | None      # None | exception | oom | nan | timeout | no_summary | invalid
+    crash_class: str | None      # None | exception | oom | nan | timeout | no_summary | invalid | time
     reason: str
     value: float | None = None   # the target's metric (val_bpb)
     metrics: dict = field(default_factory=dict)

@@ -90,7 +90,7 @@ class TrialResult:
     commit: str
     seed: int
     status: str                        # ok | crash | invalid | aborted
-    crash_class: str | None = None     # None | exception | oom | nan | timeout | no_summary | invalid
+    crash_class: str | None = None     # None | exception | oom | nan | timeout | no_summary | invalid | time
     reason: str = ""
     val_bpb: float | None = None       # the target's metric; None unless status is ok
     metrics: dict = field(default_factory=dict)
