@@ -17,7 +17,7 @@ import re
 import time
 from typing import Iterator, Optional
 
-from safety.redact import redact
+from safety.redact import mask_literals, redact, secrets_in
 
 from .events import Event
 
@@ -115,7 +115,7 @@ class Journal:
         while limit is None or seen < limit:
             want = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - seen)
             page = self._page(after, want)
-            yield from _redacted(page)
+            yield from self._redacted(page)
             seen += len(page)
             if len(page) < want:
                 return
@@ -132,7 +132,7 @@ class Journal:
                 wait = min(wait, timeout - (time.monotonic() - idle_since))
             page = self._poll(after, max(wait, 0.0))
             if page:
-                yield from _redacted(page)
+                yield from self._redacted(page)
                 after = page[-1][0]
                 idle_since = time.monotonic()
             elif timeout is not None and time.monotonic() - idle_since >= timeout:
@@ -147,12 +147,19 @@ class Journal:
     def __repr__(self):
         return f"<{type(self).__name__} {self.url} campaign={self.campaign!r}>"
 
+    def _redacted(self, page: list) -> list:
+        """The config-carrying events redacted; a password one of them held (a journal written
+        before the rule) masked in every later event too, wherever it stands."""
+        known = self.__dict__.setdefault("_seen_secrets", set())
+        for _, ev in page:
+            if ev.type in REDACTED_TYPES:
+                known |= secrets_in(ev.data)
+                ev.data = redact(ev.data)
+            if known:
+                ev.data = mask_literals(ev.data, known)
+        return page
 
-def _redacted(page: list) -> list:
-    for _, ev in page:
-        if ev.type in REDACTED_TYPES:
-            ev.data = redact(ev.data)
-    return page
+
 
 
 def open_journal(url, campaign: Optional[str] = None, create: bool = True) -> Journal:

@@ -55,6 +55,41 @@ def redact(obj):
     return obj
 
 
+def secrets_in(obj) -> set:
+    """The literal secrets JSON-like data holds (what redact() would mask): passwords inside URLs
+    and the string values of secret-named keys. A reader that saw one masks it everywhere after
+    (mask_literals): an older journal's password may also stand in free text, a lab note, a log."""
+    found = set()
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, str) and v and SECRET_NAME.search(str(k)):
+                found.add(v)
+            else:
+                found |= secrets_in(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            found |= secrets_in(v)
+    elif isinstance(obj, str) and ("://" in obj or "=" in obj):
+        found |= {m.group(2) for m in CREDENTIAL_URL.finditer(obj) if m.group(2)}
+        found |= {m.group(2) for m in CREDENTIAL_QUERY.finditer(obj) if m.group(2)}
+    return {f for f in found if f != MASK}
+
+
+def mask_literals(obj, literals):
+    """A copy of JSON-like data with every occurrence of each literal string replaced by ***."""
+    if not literals:
+        return obj
+    if isinstance(obj, dict):
+        return {k: mask_literals(v, literals) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [mask_literals(v, literals) for v in obj]
+    if isinstance(obj, str):
+        for lit in literals:
+            if lit in obj:
+                obj = obj.replace(lit, MASK)
+    return obj
+
+
 def scrub_environ(environ=None) -> list[str]:
     """Remove secret variables from this process's own environment (default os.environ), so
     nothing it starts (git, a smoke run, a child it forgets to clean) inherits them. Ray's own

@@ -19,7 +19,7 @@ from journal.views import replay
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-TARGET_FILES = ("train.py", "prepare.py", "target.toml", "program.md")
+TARGET_FILES = ("train.py", "prepare.py", "evaluate.py", "target.toml", "program.md")
 
 
 def test_real_training_campaign(tiny_data, tmp_path):

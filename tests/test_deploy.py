@@ -54,7 +54,7 @@ MAX_TRIALS = 4                     # 2 baselines in parallel, then 1 baseline + 
 OBJECT_STORE = "100000000"         # bytes of object store per node (bundles are small)
 CAMPAIGN_TIMEOUT = 300             # seconds for the whole campaign, at most
 # Target files copied into the research repository the campaign works on.
-TARGET_FILES = ("prepare.py", "train.py", "target.toml", "program.md")
+TARGET_FILES = ("prepare.py", "train.py", "evaluate.py", "target.toml", "program.md")
 
 
 # -----------------------------------------------------------------------------
