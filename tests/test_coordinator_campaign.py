@@ -237,15 +237,36 @@ def test_killed_coordinator_resumes_without_losing_or_repeating(ray_local, tmp_p
     branch = f"swarm/kill1/{track_slug(track)}/mainline"
     git(repo, "update-ref", f"refs/heads/{branch}", st.initial_commit)
 
+    cid = merged.data["candidate_id"]
+
+    def settled(after):
+        """Every trial in flight at the kill finished (ok, or aborted and run again) and the merge decided."""
+        finished = {ev.data["trial_id"]: ev.data for ev in of_type(after, "trial_finished")}
+        ok = {(d["commit"], d["kind"], d["seed"]) for d in finished.values() if d["status"] == "ok"}
+        return (all(tid in finished and (finished[tid]["status"] == "ok" or key in ok)
+                    for tid, key in in_flight.items())
+                and any(ev.data["candidate_id"] == cid for ev in of_type(after, "promoted", "reverted")))
+
+    def stop_when_settled():
+        # a condition, not a trial count: how many trials fit in the 5 s lease depends on the machine
+        deadline = time.time() + 600
+        while time.time() < deadline and not settled(events_of(repo, "kill1")[len(before):]):
+            time.sleep(0.3)
+        swarm(["stop", "--repo", str(repo), "--campaign", "kill1", "--reason", "test"])
+
     logs = []
-    reason = Campaign(config(repo, "kill1", workers=2, max_trials=8, lease_s=5.0,
+    watcher = threading.Thread(target=stop_when_settled, daemon=True)
+    watcher.start()
+    reason = Campaign(config(repo, "kill1", workers=2, max_trials=10_000, lease_s=5.0,
                              env={"AUTORESEARCH_SYNTH_SLEEP": "0.2"}),
                       resume_only=True, log=logs.append).run()
-    assert reason == "reached --max-trials 8"
+    watcher.join(60)
+    assert reason == "stop requested (test)", logs[-10:]
     assert any("reset it" in m for m in logs)
     events = events_of(repo, "kill1")
     st = check_consistent(repo, "kill1", events)
     after = events[len(before):]
+    assert settled(after)
     finished = {ev.data["trial_id"]: ev.data for ev in of_type(after, "trial_finished")}
     ok = {(d["commit"], d["kind"], d["seed"]) for d in finished.values() if d["status"] == "ok"}
     for tid, key in in_flight.items():
@@ -253,7 +274,6 @@ def test_killed_coordinator_resumes_without_losing_or_repeating(ray_local, tmp_p
         d = finished[tid]
         assert d["status"] == "ok" or ("lease expired" in d["reason"] and key in ok), d
     # the merge that was being re-tested is decided after the restart, once
-    cid = merged.data["candidate_id"]
     outcomes = [ev for ev in of_type(after, "promoted", "reverted") if ev.data["candidate_id"] == cid]
     assert len(outcomes) == 1 and st.merges[cid].outcome == outcomes[0].type
     assert not of_type(after, "merged") or cid not in {ev.data["candidate_id"] for ev in of_type(after, "merged")}

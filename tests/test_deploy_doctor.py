@@ -24,6 +24,7 @@ def research_repo(path: Path) -> Path:
     path.mkdir(parents=True)
     (path / "train.py").write_text("print('train')\n")
     (path / "prepare.py").write_text("print('prepare')\n")
+    (path / "evaluate.py").write_text("print('evaluate')\n")
     git(path, "init", "-q", "-b", "master")
     git(path, "add", "-A")
     git(path, "commit", "-q", "-m", "start")

@@ -246,8 +246,10 @@ def test_tmp_private_and_empty(box, mode):
         listing = json.loads(run_in(box, mode, code).stdout)
     finally:
         planted.unlink()
-    # only the mount points leading to bound paths under /tmp (this test's tmp_path)
-    bound_under_tmp = {Path(p).parts[2] for p in (box.repo, box.data, box.scratch) if str(p).startswith("/tmp/")}
+    # only the mount points leading to bound paths under /tmp (this test's tmp_path, and the venv
+    # when the checkout itself lives under /tmp, as a CI clone may)
+    bound = (box.repo, box.data, box.scratch, *python_paths(PY))
+    bound_under_tmp = {Path(p).parts[2] for p in bound if str(p).startswith("/tmp/")}
     assert set(listing) == bound_under_tmp
 
 
