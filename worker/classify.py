@@ -139,7 +139,8 @@ def classify(outcome: Outcome, target: Target, budget: float, needs_metric: bool
             shown = log_tail if excerpt in log_tail else excerpt + "\n...\n" + tail(text, 15)
             return Classified("crash", "exception", reason[:500], None, {}, shown)
         how = f"killed by {_signal_name(rc)}" if rc < 0 else f"exit code {rc}"
-        return crash("exception", f"{how} without a traceback")
+        said = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip() and not ln.startswith("#")), "")
+        return crash("exception", f"{how} without a traceback" + (f": {said[:300]}" if said else ""))
 
     metrics = parse_summary(text)
     if not needs_metric:
