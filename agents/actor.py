@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping
 from agents.base import AgentError, Hypothesis, ImplementationError, ResearchContext
 from agents.factory import AgentSet, make_agents
 from agents.tools import editable_files, resolve_editable
+from core.paths import inside
 from safety.gitsafe import run_git
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def _files_workspace(root: Path, files: Mapping[str, str]) -> Path:
     """A scratch git repository holding `files`, committed (the command backend diffs against it)."""
     for rel, text in files.items():
         p = root / rel
-        if root.resolve() not in p.resolve().parents:
+        if not inside(root, p) or p.resolve() == root.resolve():
             raise AgentError(f"file path {rel!r} leaves the workspace", kind="config")
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text, encoding="utf-8")

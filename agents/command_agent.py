@@ -43,7 +43,9 @@ from typing import Any, Mapping
 from agents import prompts
 from agents.base import AgentError, settings_from_dict
 from agents.base import Hypothesis, ImplementationError, Implementer, Proposer, ResearchContext
-from agents.tools import is_editable, resolve_editable
+from agents.tools import resolve_editable
+from core.paths import is_editable
+from core.proc import kill_tree, signal_group
 from safety.gitsafe import agent_git_env, run_git
 from safety.redact import agent_env
 
@@ -105,26 +107,6 @@ def command_env(extra: Mapping[str, Any], **job: str) -> dict:
     return {**env, **agent_git_env(), **job}
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after a grace period."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            proc.wait(timeout=wait)
-            if sig == signal.SIGTERM:
-                # the leader is gone; children that ignored SIGTERM still get SIGKILL
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def run_command(argv: list[str], cwd: Path, prompt: str, env: Mapping[str, str], timeout_s: float) -> RunResult:
     """Run argv in cwd, prompt on stdin, output to a temp file, in its own process group,
     killed as a group after timeout_s."""
@@ -146,17 +128,14 @@ def run_command(argv: list[str], cwd: Path, prompt: str, env: Mapping[str, str],
             proc.communicate(input=prompt.encode("utf-8"), timeout=timeout_s)
         except subprocess.TimeoutExpired:
             timed_out = True
-            _kill_group(proc)
+            kill_tree(proc, KILL_GRACE_S)
             try:
                 proc.stdin.close()
             except OSError:
                 pass
         else:
             # the leader exited; background children it left behind must not outlive the run
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            signal_group(proc.pid, signal.SIGKILL)
         out.seek(0, os.SEEK_END)
         size = out.tell()
         out.seek(max(0, size - OUTPUT_TAIL_CHARS * 4))

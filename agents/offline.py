@@ -37,10 +37,9 @@ from agents.base import (
     Implementer,
     Proposer,
     ResearchContext,
-    hypothesis_key,
-    params_key,
-    same_value,
 )
+from core.keys import hypothesis_key, params_key, same_value
+from core.paths import compile_error
 from agents.constants import Constant, ConstantsError, coerce, format_value, read_constants, rewrite_constants
 
 AGENT_NAME = "offline"
@@ -599,11 +598,11 @@ class OfflineImplementer(Implementer):
             text = f.read()
         try:
             new = rewrite_constants(text, h.params, self.path)
-            compile(new, self.path, "exec")
         except ConstantsError as e:
             raise ImplementationError(f"hypothesis {h.hypothesis_id} ({h.title}): {e}") from None
-        except SyntaxError as e:
-            raise ImplementationError(f"hypothesis {h.hypothesis_id}: rewritten {self.path} does not compile: {e}") from None
+        err = compile_error(self.path, new)
+        if err:
+            raise ImplementationError(f"hypothesis {h.hypothesis_id}: rewritten {self.path} does not compile: {err}")
         if new != text:
             with open(file, "w", encoding="utf-8", newline="") as f:
                 f.write(new)

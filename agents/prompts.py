@@ -28,7 +28,8 @@ import re
 import uuid
 from typing import Any, Iterable, Mapping
 
-from agents.base import RISKS, Hypothesis, ResearchContext, hypothesis_key, params_key
+from agents.base import RISKS, Hypothesis, ResearchContext
+from core.keys import hypothesis_key, params_key
 
 # ---------------------------------------------------------------------------
 # Limits (characters, not tokens: ~4 characters per token)

@@ -12,26 +12,22 @@ correct itself; nothing outside the editable files is ever read or written.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import logging
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
+from core.paths import compile_error, escapes, inside, is_editable
+from core.target import DEFAULTS, Target, TargetError
+
 log = logging.getLogger(__name__)
 
-DEFAULT_EDITABLE = ("train.py",)  # a missing target.toml means this (CONTRACTS.md)
 MAX_VIEW_CHARS = 120_000   # view_file returns at most this much (train.py is ~25k)
 MAX_WRITE_CHARS = 400_000  # write_file refuses larger contents
 
 
 class ToolError(Exception):
     """A tool call that cannot be done; the message tells the model what to do instead."""
-
-
-def is_editable(path: str, patterns: Iterable[str]) -> bool:
-    """True when the relative posix `path` is one of the editable paths or matches a glob."""
-    return any(path == p or fnmatch.fnmatchcase(path, p) for p in patterns)
 
 
 def editable_files(workspace: Path, patterns: Iterable[str]) -> list[str]:
@@ -55,26 +51,11 @@ def resolve_editable(configured: Iterable[str] | None, workspace: Path | str | N
     if configured:
         return [str(p) for p in configured]
     if workspace is not None:
-        from worker.target import Target, TargetError
-
         try:
             return list(Target.load(workspace).editable)
         except TargetError as e:
             log.warning("could not read the editable list from %s/target.toml: %s", workspace, e)
-    return list(DEFAULT_EDITABLE)
-
-
-def compile_error(path: str, text: str) -> str | None:
-    """For a .py file, the SyntaxError it would raise ('line N: msg'), else None."""
-    if not path.endswith(".py"):
-        return None
-    try:
-        compile(text, path, "exec", dont_inherit=True)
-    except SyntaxError as e:
-        return f"line {e.lineno}: {e.msg}"
-    except ValueError as e:  # e.g. null bytes
-        return str(e)
-    return None
+    return list(DEFAULTS["editable"])
 
 
 class FileTools:
@@ -101,12 +82,9 @@ class FileTools:
         pp = PurePosixPath(raw)
         if pp.is_absolute() or raw.startswith("~"):
             raise ToolError(f"{path!r} is absolute; give a path relative to the repository root, one of: {allowed}")
-        parts = [p for p in pp.parts if p != "."]
-        if not parts or ".." in parts:
-            raise ToolError(f"{path!r} leaves the repository; editable files: {allowed}")
-        if ".git" in parts:
-            raise ToolError(f"{path!r} is inside .git; editable files: {allowed}")
-        rel = "/".join(parts)
+        rel = "/".join(p for p in pp.parts if p != ".")
+        if escapes(rel):
+            raise ToolError(f"{path!r} leaves the repository or is inside .git; editable files: {allowed}")
         if not is_editable(rel, self.editable):
             raise ToolError(f"{rel} is not editable (only {allowed} may be viewed or changed here; "
                             f"fixed files such as prepare.py must stay as they are)")
@@ -116,7 +94,7 @@ class FileTools:
                 break
             if parent.is_symlink():
                 raise ToolError(f"{rel} is (inside) a symlink; it cannot be edited")
-        if not full.resolve().is_relative_to(self.workspace):
+        if not inside(self.workspace, full):
             raise ToolError(f"{rel} resolves outside the repository")
         return rel, full
 

@@ -151,7 +151,8 @@ def run_swarm(repo: Path, cache: Path, trials: int, budget: float, workers: int)
 
 def run_greedy(start: str, cache: Path, trials: int, budget: float, tmp: Path) -> tuple[str, dict]:
     """Upstream's loop: one seed per change, keep it if below the best single value so far."""
-    from agents.base import ResearchContext, hypothesis_key
+    from agents.base import ResearchContext
+    from core.keys import hypothesis_key
     from agents.offline import OfflineImplementer, OfflineProposer
 
     proposer, impl = OfflineProposer(seed=0), OfflineImplementer()
@@ -257,7 +258,7 @@ def main():
             shutil.rmtree(tmp, ignore_errors=True)
 
     groups = [v for k, v in hv.items() if k == "start" or hv[k] is not hv["start"]]
-    from coordinator.stats import noise_floor
+    from core.stats import noise_floor
     sigma, dof = noise_floor(groups)
     print(f"\n{args.trials} trials per loop, {args.time_budget:g} s budget, profile {PROFILE}; held-out: "
           f"{args.heldout_seeds} seeds (the same for all), test split; held-out seed noise sigma "

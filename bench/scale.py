@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from coordinator.scheduler import Policy, next_decision, schedule, work
 from coordinator.state import CampaignState
-from coordinator.stats import StatsConfig
+from core.stats import StatsConfig
 from journal import Event
 
 DECISION_TARGET_MS = 10.0

@@ -31,7 +31,7 @@ import time
 from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from coordinator.stats import StatsConfig, decide, noise_floor  # noqa: E402
+from core.stats import StatsConfig, decide, noise_floor  # noqa: E402
 
 SIGMA = 0.03          # seed-to-seed noise in bpb (~MLX, see shared/RESEARCH-NOTES.md)
 MAINLINE_BPB = 1.50   # true val_bpb of the mainline (only differences matter)

@@ -32,6 +32,10 @@ AGENT_BACKENDS = ("offline", "auto", "anthropic", "command")   # agents/factory.
 SANDBOX_MODES = ("auto", "bwrap", "sandbox-exec", "off")      # worker/sandbox.py modes
 
 
+class CampaignError(RuntimeError):
+    """The campaign cannot start or go on; the message says what to do."""
+
+
 class ConfigError(ValueError):
     """Bad configuration: the message names the key, the value and what to write instead."""
 
@@ -89,7 +93,7 @@ class SwarmConfig:
         return Path(self.workdir).expanduser().resolve() if self.workdir else self.swarm_dir / "workers"
 
     def stats_config(self, direction: str = "minimize"):
-        from coordinator.stats import StatsConfig
+        from core.stats import StatsConfig
         looks = tuple(n for n in StatsConfig().looks if n < self.max_seeds)
         return StatsConfig(confidence=self.confidence, min_effect=self.min_effect,
                            max_trials=self.max_seeds, direction=direction, looks=looks)

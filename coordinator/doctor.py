@@ -103,7 +103,7 @@ def check_openblas(backend: str | None, system=None, path=None, preloaded=None):
 
 def check_data(repo=REPO_ROOT, expected=None, python=None, env=None):
     """The prepared data of the profile ($AUTORESEARCH_PROFILE) through the target's fingerprint command."""
-    from worker import Target, TargetError
+    from core.target import Target, TargetError, parse_fingerprint
     env = dict(os.environ if env is None else env)
     profile = env.get("AUTORESEARCH_PROFILE") or "default"
     try:
@@ -120,12 +120,7 @@ def check_data(repo=REPO_ROOT, expected=None, python=None, env=None):
         return False, f"no prepared data for profile {profile}: {said or f'exit {p.returncode}'}", \
             f"prepare it: `AUTORESEARCH_PROFILE={profile} uv run prepare.py` in {repo} " \
             "(same profile and source as the head)"
-    try:
-        fp = json.loads(p.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        fp = {"fingerprint": (p.stdout.strip().splitlines() or [""])[-1]}
-    if not isinstance(fp, dict):
-        fp = {"fingerprint": str(fp)}
+    fp = parse_fingerprint(p.stdout)
     value = fp.get("fingerprint")
     if not value:
         return False, f"the fingerprint command printed no fingerprint: {p.stdout.strip()[:200]}", \
@@ -156,7 +151,7 @@ def check_git(repo=REPO_ROOT, campaign_hashes: dict | None = None):
     if p.returncode != 0:
         return False, f"{repo} is not a git repository", \
             f"`git init && git add -A && git commit -m start` in {repo} (the swarm keeps every trial as a commit)"
-    from worker import Target, TargetError
+    from core.target import Target, TargetError
     try:
         target = Target.load(repo)
     except TargetError as e:

@@ -27,10 +27,8 @@ import subprocess
 from collections import OrderedDict
 from pathlib import Path
 
-import git
-
 from agents.base import Hypothesis, ImplementationError, Implementer
-from safety.gitsafe import protect, run_git
+from safety.gitsafe import run_git
 
 # Who the coordinator is when it commits (no user config needed, nothing signed).
 IDENTITY = {"GIT_AUTHOR_NAME": "autoresearch-swarm", "GIT_AUTHOR_EMAIL": "swarm@autoresearch-swarm",
@@ -51,14 +49,15 @@ def track_slug(track: str) -> str:
 class MainlineRepo:
     def __init__(self, repo_path, campaign: str | None, swarm_dir=None):
         self.path = Path(repo_path).resolve()
-        try:
-            self.repo = protect(git.Repo(self.path))
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        p = run_git(["rev-parse", "--is-bare-repository", "--show-toplevel"], self.path, capture_output=True,
+                    text=True) if self.path.is_dir() else None
+        said = p.stdout.split("\n") if p is not None and p.returncode == 0 else []
+        if said and said[0] == "true":
+            raise MainlineError(f"{self.path} is a bare repository; point --repo at a checkout")
+        if len(said) < 2 or Path(said[1]).resolve() != self.path:
             raise MainlineError(f"{self.path} is not a git repository: the swarm keeps every experiment as "
                                 f"a commit there. Run `git init && git add -A && git commit -m start` "
-                                f"in it first.") from None
-        if self.repo.bare:
-            raise MainlineError(f"{self.path} is a bare repository; point --repo at a checkout")
+                                f"in it first.")
         self.tag = campaign            # may be set later, once the campaign is chosen
         self.swarm_dir = Path(swarm_dir) if swarm_dir else self.path / ".swarm"
         self._bundles: OrderedDict[str, bytes | None] = OrderedDict()
@@ -244,9 +243,6 @@ class MainlineRepo:
         while len(self._bundles) > BUNDLE_CACHE:
             self._bundles.popitem(last=False)
         return data
-
-    def close(self):
-        self.repo.close()
 
 
 class PatchImplementer(Implementer):

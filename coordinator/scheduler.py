@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from coordinator import stats
+from core import stats
 from coordinator.state import FINAL_VERDICTS, CampaignState
 
 IDLE_BASELINES_PER_SEED = 4   # max_baselines = this x max_seeds: idle workers stop adding baselines there

@@ -28,13 +28,14 @@ A trial counts once: the first trial_finished of a trial_id wins; a later one
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass, field
 
 from journal.events import SCHEMA_VERSION
 from journal.views import VAL_KINDS
-from journal.views import CampaignState as JournalView
+from core.keys import hypothesis_key
+from core.stats import pooled_sigma
+from journal.views import CampaignView
 
 # Fresh seeds of each trial kind start here. A (code, seed) runs at most once per
 # track (held-out runs apart: another split); candidates take their mainline's
@@ -105,7 +106,7 @@ class Group:
         self.m2 += delta * (x - self.mean)
 
 
-class CampaignState(JournalView):
+class CampaignState(CampaignView):
     """Fold of one campaign's events; see the module docstring."""
 
     def __init__(self, campaign: str = ""):
@@ -316,7 +317,6 @@ class CampaignState(JournalView):
             self._add_key(d["track"], d["base_commit"], self.hyp[hid])
 
     def _add_key(self, track, mainline, hyp: dict):
-        from agents.base import hypothesis_key
         self.keys.setdefault((track, mainline), set()).add(hypothesis_key(hyp))
 
     def _swarm_candidate_invalid(self, ev, d, now):
@@ -433,9 +433,7 @@ class CampaignState(JournalView):
         g = self.groups.get((track, exclude)) if exclude else None
         if g is not None and len(g.values) >= 2:
             ss, dof = ss - g.m2, dof - (len(g.values) - 1)
-        if dof <= 0:
-            return None, 0
-        return math.sqrt(max(ss, 0.0) / dof), dof
+        return pooled_sigma(ss, dof)
 
     def next_seeds(self, track, commit, kind, n, prefer=(), avoid=()) -> list:
         """n seeds this commit's code never ran (live or counted) on the track: the seeds in

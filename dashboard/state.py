@@ -1,8 +1,8 @@
-"""What the dashboard shows, as JSON: journal/views.py's CampaignState, folded live,
+"""What the dashboard shows, as JSON: journal/views.py's CampaignView, folded live,
 plus the few histories the page draws and the views do not keep (live loss curves,
 the noise floor over time, agent spend over time, candidate diffs).
 
-    state = DashboardState(tag); state.apply(ev, pos) ...   # like views.CampaignState
+    state = DashboardState(tag); state.apply(ev, pos) ...   # like views.CampaignView
     redact_text(json.dumps(snapshot(state, now)), secrets)  # everything on the page, secrets hidden
     hypothesis_detail(state, hid, diff_source)              # one table row opened: diff, verdict, trials
 
@@ -11,16 +11,15 @@ browser, whatever an older writer put into the journal.
 """
 
 import bisect
-import functools
 import itertools
 import json
 import math
 import re
 from collections import deque
 
-from coordinator.stats import t_cdf
-from journal.export import effect_text, event_line, one_line, short, trial_status
-from journal.views import VAL_KINDS, CampaignState
+from core.stats import t_isf
+from journal.export import effect_text, event_line, one_line, short, trial_description, trial_status
+from journal.views import VAL_KINDS, CampaignView
 
 # Loss points kept per running trial (its curve on the workers panel).
 CURVE_POINTS = 300
@@ -28,8 +27,6 @@ CURVE_POINTS = 300
 NOISE_POINTS = 400
 # Two-sided confidence of the mainline band and of the effect intervals.
 BAND_CONFIDENCE = 0.95
-# Degrees of freedom past which t quantiles come from an expansion instead of the exact inverse.
-EXACT_DOF = 60
 # Longest diff kept per candidate (bytes of text); the journal holds it whole.
 DIFF_LIMIT = 200_000
 # Snapshot sections an event type can change (the workers panel and the header are always rebuilt;
@@ -106,36 +103,6 @@ def redact(obj, extra=()):
     return obj
 
 
-# -- statistics helpers ----------------------------------------------------------------
-@functools.lru_cache(maxsize=4096)
-def t_quantile(p: float, dof: int) -> float:
-    """The p-quantile (p > 0.5) of Student's t: bisection on coordinator.stats.t_cdf (no scipy);
-    past EXACT_DOF degrees of freedom the Cornish-Fisher expansion (the exact
-    incomplete beta slows down as sqrt(dof)); past 60 dof it is off by < 2e-5."""
-    if dof > EXACT_DOF:
-        z = math.sqrt(2) * _erfinv(2 * p - 1)
-        return z + (z ** 3 + z) / (4 * dof) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * dof ** 2)
-    lo, hi = 0.0, 1000.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if t_cdf(mid, dof) < p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
-def _erfinv(y: float) -> float:
-    """Inverse of math.erf by Newton's method from 0 (converges in a few steps for |y| < 0.999)."""
-    x = 0.0
-    for _ in range(60):
-        step = (math.erf(x) - y) / (2 / math.sqrt(math.pi) * math.exp(-x * x))
-        x -= step
-        if abs(step) < 1e-12:
-            break
-    return x
-
-
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -144,8 +111,8 @@ def _round(x, digits=6):
     return round(x, digits) if _finite(x) else None
 
 
-class DashboardState(CampaignState):
-    """views.CampaignState plus the histories the page draws. Every fold is O(1) per event,
+class DashboardState(CampaignView):
+    """views.CampaignView plus the histories the page draws. Every fold is O(1) per event,
     so a live page stays cheap after the start-up replay."""
 
     def __init__(self, campaign: str = ""):
@@ -241,17 +208,6 @@ def _accel_s(t, now) -> float:
     return max(0.0, end - t.started)
 
 
-def _label(state, t) -> str:
-    if t.kind == "baseline":
-        return "baseline"
-    if t.kind == "heldout":
-        return f"held-out test of {short(t.commit)}"
-    c = state.candidates.get(t.candidate_id or "")
-    h = state.hypotheses.get(c.hypothesis_id or "") if c else None
-    title = (h.title if h and h.title else None) or (c.candidate_id if c else state.label(t.commit))
-    return f"re-test: {title}" if t.kind == "retest" else str(title or short(t.commit))
-
-
 def _track_view(state: DashboardState, name, now, half_t):
     """The chart of one track: trial dots (columns), mainline steps with the band, promotions
     and reverts, held-out line, noise floor over time."""
@@ -261,7 +217,7 @@ def _track_view(state: DashboardState, name, now, half_t):
         if t.finished is None or t.kind == "heldout":
             continue
         status = trial_status(state, t)
-        label = texts.setdefault(_label(state, t), len(texts))
+        label = texts.setdefault(trial_description(state, t), len(texts))
         for k, x in (("id", t.trial_id), ("t", t.finished), ("v", _round(t.value)),
                      ("cls", DOT_CLASS.get(status, status)), ("kind", t.kind), ("seed", t.seed),
                      ("commit", short(t.commit)), ("label", label), ("worker", t.worker)):
@@ -314,7 +270,7 @@ def _worker_view(state: DashboardState, w, now):
         p = t.progress or {}
         budget = (state.config or {}).get("time_budget") if isinstance(state.config, dict) else None
         row["trial"] = {"id": t.trial_id, "kind": t.kind, "seed": t.seed, "commit": short(t.commit),
-                        "label": _label(state, t), "started": t.started,
+                        "label": trial_description(state, t), "started": t.started,
                         "step": p.get("step"), "progress": _round(p.get("progress"), 4),
                         "loss": _round(p.get("loss"), 4), "seconds_left": _round(p.get("seconds_left"), 1),
                         "budget": budget if _finite(budget) else None}
@@ -404,7 +360,7 @@ def _promotion_costs(state: DashboardState, now):
 
 def _half_t(dof):
     """Half-width factor of the two-sided BAND_CONFIDENCE interval with dof degrees of freedom."""
-    return t_quantile(1 - (1 - BAND_CONFIDENCE) / 2, dof) if dof else 1.959964
+    return t_isf((1 - BAND_CONFIDENCE) / 2, dof) if dof else 1.959964
 
 
 def _section(state, name, now):

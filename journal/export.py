@@ -10,7 +10,7 @@ import io
 import math
 
 from .events import SCHEMA_VERSION, dumps
-from .views import CampaignState, mean
+from .views import CampaignView, mean
 
 # Upstream autoresearch results.tsv columns; ours follow them.
 TSV_UPSTREAM = ("commit", "val_bpb", "memory_gb", "status", "description")
@@ -74,7 +74,7 @@ def _kv(d) -> str:
                       for k, v in d.items())
 
 
-def candidate_summary(state: CampaignState, cid):
+def candidate_summary(state: CampaignView, cid):
     """(finished trials, running trials, mean val_bpb) of a candidate's own trials."""
     trials = state.trials_of(candidate_id=cid, kinds=("candidate",))
     done = [t for t in trials if t.status != "running"]
@@ -82,11 +82,11 @@ def candidate_summary(state: CampaignState, cid):
     return len(done), len(trials) - len(done), mean(vals)
 
 
-def hypotheses_in_order(state: CampaignState) -> list:
+def hypotheses_in_order(state: CampaignView) -> list:
     return sorted(state.hypotheses.values(), key=lambda h: h.time or 0.0)
 
 
-def track_row(state: CampaignState, name):
+def track_row(state: CampaignView, name):
     """(head, head val_bpb, held-out test_bpb, sigma, dof, trials) of one track."""
     tr = state.tracks.get(name)
     head = tr.head if tr else None
@@ -102,7 +102,7 @@ def track_row(state: CampaignState, name):
 
 
 # -- table (rich) ----------------------------------------------------------------
-def render_table(state: CampaignState, console) -> None:
+def render_table(state: CampaignView, console) -> None:
     """Print the campaign as rich tables on a rich Console."""
     from rich.table import Table
 
@@ -145,7 +145,7 @@ def render_table(state: CampaignState, console) -> None:
                       + "  (see --format markdown)")
 
 
-def table_text(state: CampaignState, width: int = TABLE_WIDTH) -> str:
+def table_text(state: CampaignView, width: int = TABLE_WIDTH) -> str:
     """The table as plain text of a fixed width (for pipes and golden files)."""
     from rich.console import Console
     buf = io.StringIO()
@@ -155,7 +155,7 @@ def table_text(state: CampaignState, width: int = TABLE_WIDTH) -> str:
 
 
 # -- tsv ---------------------------------------------------------------------------
-def trial_status(state: CampaignState, t) -> str:
+def trial_status(state: CampaignView, t) -> str:
     """Upstream words where they fit: keep / discard / crash (else pending, heldout, ...)."""
     if t.status == "crash":
         return "crash"
@@ -176,18 +176,19 @@ def trial_status(state: CampaignState, t) -> str:
     return "pending"
 
 
-def _description(state: CampaignState, t) -> str:
+def trial_description(state: CampaignView, t) -> str:
+    """What a trial ran: 'baseline', the held-out test of a commit, a hypothesis (or its re-test)."""
     if t.kind == "baseline":
         return "baseline"
     if t.kind == "heldout":
         return f"held-out test of {short(t.commit)}"
     c = state.candidates.get(t.candidate_id or "")
     h = state.hypotheses.get(c.hypothesis_id or "") if c else None
-    title = (h.title if h and h.title else None) or (c.candidate_id if c else t.commit)
-    return f"re-test: {title}" if t.kind == "retest" else str(title)
+    title = (h.title if h and h.title else None) or (c.candidate_id if c else state.label(t.commit))
+    return f"re-test: {title}" if t.kind == "retest" else str(title or short(t.commit))
 
 
-def tsv(state: CampaignState) -> str:
+def tsv(state: CampaignView) -> str:
     """One row per finished trial in finishing order: upstream columns, then ours."""
     done = [t for t in state.trials.values() if t.status != "running"]
     rows = [tsv_header()] + [tsv_row(state, t) for t in sorted(done, key=lambda t: t.finished or 0.0)]
@@ -198,13 +199,13 @@ def tsv_header() -> str:
     return "\t".join(TSV_UPSTREAM + TSV_EXTRA)
 
 
-def tsv_row(state: CampaignState, t) -> str:
+def tsv_row(state: CampaignView, t) -> str:
     c = state.candidates.get(t.candidate_id or "")
     v = (c.verdict or {}) if c and t.kind == "candidate" else {}
     mem = (t.metrics or {}).get("peak_vram_mb")
     cells = [short(t.commit), num(t.value if t.value is not None else 0.0, 6),
              f"{mem / 1024:.1f}" if _isnum(mem) else "0.0", trial_status(state, t),
-             _description(state, t),
+             trial_description(state, t),
              when(t.finished, "%Y-%m-%dT%H:%M:%SZ"), t.trial_id, t.track, t.kind, t.seed, t.worker,
              c.hypothesis_id if c else None, t.candidate_id, v.get("verdict"),
              num(v.get("effect_bpb"), 6, signed=True) if v else None,
@@ -220,7 +221,7 @@ def json_lines(events) -> str:
 
 
 # -- markdown lab journal ------------------------------------------------------------
-def markdown(state: CampaignState) -> str:
+def markdown(state: CampaignView) -> str:
     out = []
     w = out.append
     w(f"# Lab journal: campaign `{state.campaign}`\n")
@@ -336,7 +337,7 @@ def markdown(state: CampaignState) -> str:
     return "\n".join(out)
 
 
-def _mainline_step(state: CampaignState, track, s) -> str:
+def _mainline_step(state: CampaignView, track, s) -> str:
     t = when(s.time)
     c = state.candidates.get(s.candidate_id or "")
     h = state.hypotheses.get(c.hypothesis_id or "") if c else None
@@ -365,7 +366,7 @@ def _mainline_step(state: CampaignState, track, s) -> str:
     return f"{t} {s.action} `{short(s.commit)}`"
 
 
-def _hypothesis_entry(state: CampaignState, h, w) -> None:
+def _hypothesis_entry(state: CampaignView, h, w) -> None:
     w(f"### {when(h.time)} · {h.hypothesis_id}: {one_line(h.title) or 'untitled'}\n")
     w(f"*{one_line(h.agent) or 'unknown agent'} on `{h.track or '-'}`, mainline `{short(h.mainline_commit)}`*\n")
     if h.rationale:

@@ -5,7 +5,7 @@ line beside it. matplotlib is imported here only (Agg: no display needed)."""
 import datetime
 
 from .export import short, trial_status
-from .views import CampaignState
+from .views import CampaignView
 
 # Dot colours by what became of the trial (upstream words where they fit).
 COLORS = {"keep": "tab:green", "discard": "tab:red", "pending": "tab:blue", "heldout": "tab:purple"}
@@ -16,7 +16,7 @@ def _dt(t):
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
 
 
-def plot(state: CampaignState, path: str) -> None:
+def plot(state: CampaignView, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.dates as mdates

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from coordinator.stats import noise_floor  # the one definition of the noise floor (pure function)
+from core.stats import noise_floor  # the one definition of the noise floor (pure function)
 
 from .events import SCHEMA_VERSION, Event
 
@@ -165,7 +165,7 @@ def mean(values):
     return sum(values) / len(values) if values else None
 
 
-class CampaignState:
+class CampaignView:
     """Everything the journal says about one campaign, folded event by event."""
 
     def __init__(self, campaign: str = ""):
@@ -529,9 +529,9 @@ class CampaignState:
         return "pending" if trials else "queued"
 
 
-def replay(events, campaign: str = "") -> CampaignState:
+def replay(events, campaign: str = "") -> CampaignView:
     """Fold (position, event) pairs (what Journal.read yields) or bare events into a state."""
-    state = CampaignState(campaign)
+    state = CampaignView(campaign)
     for item in events:
         if isinstance(item, tuple):
             state.apply(item[1], item[0])

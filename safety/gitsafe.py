@@ -1,5 +1,11 @@
 """Git that runs nothing a repository names: every git call of the swarm goes through here.
 
+This module is the swarm's one git layer: plain `git` subprocesses (run_git, git), not a
+library. The reason is the safety below: every call must carry options that override the
+repository's own config, and git's own child processes must inherit them; with a
+subprocess that is one argument list and one environment, visible in one place (GitPython,
+which the original design named, runs the same subprocesses behind `repo.git.x`).
+
 A candidate's code runs in the worker's clone and could plant things in `.git`
 that git itself would run on the worker's next checkout, with the worker's own
 environment and outside the trial's limits: a hook (.git/hooks/post-checkout,
@@ -64,15 +70,25 @@ def git_options(cwd) -> list[str]:
     return [arg for k, v in safe_config(cwd).items() for arg in ("-c", f"{k}={v}")]
 
 
-def run_git(args, cwd, **kwargs) -> subprocess.CompletedProcess:
-    """subprocess.run(["git", <safe options>, *args], cwd=cwd, **kwargs)."""
-    return subprocess.run(["git", *git_options(cwd), *args], cwd=str(cwd), **kwargs)
+class GitError(RuntimeError):
+    """A git command failed: the message is git's own (stderr, one line)."""
 
 
-def protect(repo):
-    """A GitPython Repo whose every later git call carries the safe options."""
-    repo.git.set_persistent_git_options(c=[f"{k}={v}" for k, v in safe_config(repo.working_dir).items()])
-    return repo
+def run_git(args, cwd, options=None, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run(["git", <safe options>, *args], cwd=cwd, **kwargs). options: git_options(cwd)
+    computed once by a caller that makes many calls on a repository it keeps clean."""
+    opts = git_options(cwd) if options is None else options
+    return subprocess.run(["git", *opts, *args], cwd=str(cwd), **kwargs)
+
+
+def git(cwd, *args, options=None, input=None, env=None, text: bool = True):
+    """git's stdout (str, or bytes with text=False); GitError with git's message when it fails."""
+    p = run_git(args, cwd, options=options, input=input, env=env, capture_output=True, text=text)
+    if p.returncode != 0:
+        err = p.stderr if text else p.stderr.decode("utf-8", "replace")
+        said = " ".join(line.strip() for line in (err or "").splitlines() if line.strip())
+        raise GitError(said[:500] or f"git {args[0]} exited {p.returncode}")
+    return p.stdout
 
 
 def agent_git_env() -> dict:

@@ -39,7 +39,7 @@ from typing import Any
 
 from anthropic_standin import Reply, Request, _texts, message, text, tool_use, usage
 
-from agents.base import params_key
+from core.keys import params_key
 from agents.constants import coerce, format_value, read_constants
 from agents.prompts import title_params
 

@@ -59,8 +59,8 @@ def test_model_backend_runs_as_a_ray_actor(ray_with_key, tmp_path):
         reason = camp.run()
     assert reason == "reached --max-trials 30"
     # the agent answered from its own process, not the coordinator's
-    assert camp.runner.actor is not None and camp.runner.info["pid"] != os.getpid()
-    assert camp.runner.backend == "anthropic"
+    assert camp.agents.runner.actor is not None and camp.agents.runner.info["pid"] != os.getpid()
+    assert camp.agents.runner.backend == "anthropic"
     assert api.requests and {r.headers["authorization"] for r in api.requests} == {f"Bearer {KEY}"}
 
     events = events_of(repo, "actor")
@@ -111,7 +111,7 @@ def test_without_the_key_on_the_ray_node_the_agents_run_in_the_coordinator(ray_w
         camp = Campaign(cfg, log=logs.append)
         reason = camp.run()
     assert reason == "reached --max-trials 10"
-    assert camp.runner.actor is None and camp.runner.backend == "anthropic"
+    assert camp.agents.runner.actor is None and camp.agents.runner.backend == "anthropic"
     note = [line for line in logs if "started without $SWARM_TEST_LATE_KEY" in line]
     assert note and "export SWARM_TEST_LATE_KEY before `ray start --head`" in note[0]
     assert api.requests and {r.headers["authorization"] for r in api.requests} == {f"Bearer {KEY}"}
@@ -135,7 +135,7 @@ def test_a_killed_agent_actor_is_restarted_and_its_calls_tried_again(ray_with_ke
     def responder(request):
         if len(api.requests) == 2 and not killed.is_set():   # the second call: kill its caller
             killed.set()
-            os.kill(holder["camp"].runner.info["pid"], signal.SIGKILL)
+            os.kill(holder["camp"].agents.runner.info["pid"], signal.SIGKILL)
         return model(request)
 
     logs = []

@@ -14,9 +14,8 @@ from agents.base import (
     Implementer,
     Proposer,
     ResearchContext,
-    hypothesis_key,
-    params_key,
 )
+from core.keys import hypothesis_key, params_key
 from agents.constants import ConstantsError, constant_values, read_constants, rewrite_constants
 from agents.offline import KNOBS, OfflineImplementer, OfflineProposer
 

@@ -10,7 +10,7 @@ from synthetic import git, make_repo
 from agents.base import Hypothesis, ImplementationError, Implementer
 from agents.offline import OfflineImplementer
 from coordinator.mainline import MainlineError, MainlineRepo, PatchImplementer, track_slug
-from worker import Target
+from core.target import Target
 from worker.repo import WorkerRepo
 
 TARGET = Target(name="synthetic", editable=("train.py",), fixed=("prepare.py",))
@@ -24,9 +24,7 @@ def hyp(hid, params=None, patch=None, title=None):
 @pytest.fixture
 def repo(tmp_path):
     path = make_repo(tmp_path / "repo")
-    m = MainlineRepo(path, "t1")
-    yield m
-    m.close()
+    return MainlineRepo(path, "t1")
 
 
 def build(m, base, hid, params):
@@ -127,7 +125,6 @@ def test_bundles_load_into_a_worker_clone(repo, tmp_path):
     clone.import_bundle(repo.bundle(m, initial))
     assert clone.has_commit(m) and clone.has_commit(a)         # the merge brings its candidate
     assert repo.bundle(m, initial) is repo.bundle(m, initial)  # cached: seeds share one bundle
-    clone.close()
 
 
 def test_branches_and_fixed_hashes(repo):

@@ -133,11 +133,11 @@ def test_a_dead_coordinator_of_this_machine_is_taken_over_at_once():
 def test_an_agent_with_nothing_new_is_asked_again_with_the_evidence(ray_local, tmp_path, monkeypatch):  # noqa: F811
     """The campaign never ends for want of ideas: a proposer that returns nothing is asked again
     (with a note on the evidence) and the campaign goes on to --max-trials."""
-    import coordinator.campaign as campaign_module
+    import coordinator.pipeline as pipeline_module
     from agents.base import Proposer
     from agents.offline import OfflineImplementer, OfflineProposer
 
-    monkeypatch.setattr(campaign_module, "EXHAUSTED_RETRY_S", 0.2)
+    monkeypatch.setattr(pipeline_module, "EXHAUSTED_RETRY_S", 0.2)
 
     class DryFirst(Proposer):
         name = "offline"

@@ -9,8 +9,8 @@ import pytest
 from coordinator.config import ConfigError, load_config, parse_until
 from coordinator.scheduler import Policy, decide_candidate, decide_retest, pending_decisions, schedule, work
 from coordinator.state import CampaignState
-from coordinator import stats
-from coordinator.stats import StatsConfig, noise_floor
+from core import stats
+from core.stats import StatsConfig, noise_floor
 from journal import Event
 
 A = "cpu-x/tiny/4s/aaaaaaaaaaaa"

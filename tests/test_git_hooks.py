@@ -137,23 +137,20 @@ def test_coordinator_mainline_runs_no_hook_filter_or_merge_driver(tmp_path):
     plant(path / ".git", traps, markers)
 
     m = MainlineRepo(path, "hk")
-    try:
-        head = m.head_commit()
-        m.pin_initial(head)
-        c1, diff1 = build(m, head, "c1", {"WARMDOWN_RATIO": 0.6})       # worktree add, add -A, commit-tree
-        c2, _ = build(m, head, "c2", {"WARMDOWN_RATIO": 0.7})
-        merged, why, conflict = m.merge(c1, head, "c1", "first")
-        assert merged and not conflict, why
-        # the same line changed on both sides: a content merge, where a merge driver would run
-        none, why, conflict = m.merge(c2, merged, "c2", "second")
-        assert none is None and conflict, why
-        ported, _ = m.build_candidate(hyp("p1", patch=diff1, title="port"), PatchImplementer(), head, "p1",
-                                      TARGET.is_editable)                   # git apply --3way
-        assert m.read(ported, "train.py") == m.read(c1, "train.py")
-        m.set_branch("track/a", merged)
-        assert m.load_bundle(head) and m.bundle(c1, head)                  # update-ref in make_bundle
-    finally:
-        m.close()
+    head = m.head_commit()
+    m.pin_initial(head)
+    c1, diff1 = build(m, head, "c1", {"WARMDOWN_RATIO": 0.6})       # worktree add, add -A, commit-tree
+    c2, _ = build(m, head, "c2", {"WARMDOWN_RATIO": 0.7})
+    merged, why, conflict = m.merge(c1, head, "c1", "first")
+    assert merged and not conflict, why
+    # the same line changed on both sides: a content merge, where a merge driver would run
+    none, why, conflict = m.merge(c2, merged, "c2", "second")
+    assert none is None and conflict, why
+    ported, _ = m.build_candidate(hyp("p1", patch=diff1, title="port"), PatchImplementer(), head, "p1",
+                                  TARGET.is_editable)                   # git apply --3way
+    assert m.read(ported, "train.py") == m.read(c1, "train.py")
+    m.set_branch("track/a", merged)
+    assert m.load_bundle(head) and m.bundle(c1, head)                  # update-ref in make_bundle
     assert fired(markers) == set()
 
     # control: plain git in the same repository runs the planted programs

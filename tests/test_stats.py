@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from coordinator.stats import (StatsConfig, betainc, decide, look_schedule, noise_floor, normal_sf,
-                               t_cdf, t_sf)
+from core.stats import (StatsConfig, betainc, decide, look_schedule, noise_floor, normal_sf,
+                               t_sf)
 
 SIGMA = 0.03
 MAIN = [1.50 + d for d in (-0.04, -0.02, -0.01, 0.0, 0.0, 0.01, 0.02, 0.04)]  # mean exactly 1.50
@@ -48,18 +48,18 @@ def test_noise_floor_rejects_crashed_values():
     (12.706, 1, 0.975), (4.303, 2, 0.975), (3.182, 3, 0.975), (2.015, 5, 0.95), (2.228, 10, 0.975),
     (3.169, 10, 0.995), (1.725, 20, 0.95), (1.697, 30, 0.95), (2.750, 30, 0.995), (1.984, 100, 0.975),
 ])
-def test_t_cdf_matches_table(t, dof, p):
+def test_t_distribution_matches_table(t, dof, p):
     # critical values of Student's t, printed to 3 decimals (hence the tolerance)
-    assert t_cdf(t, dof) == pytest.approx(p, abs=2e-4)
-    assert t_cdf(-t, dof) == pytest.approx(1 - p, abs=2e-4)
+    assert (1 - t_sf(t, dof)) == pytest.approx(p, abs=2e-4)
+    assert (1 - t_sf(-t, dof)) == pytest.approx(1 - p, abs=2e-4)
 
 
 @pytest.mark.parametrize("t", [-30.0, -3.0, -0.7, 0.0, 0.3, 1.0, 2.5, 50.0])
-def test_t_cdf_closed_forms(t):
+def test_t_distribution_closed_forms(t):
     # dof 1 is the Cauchy distribution, dof 2 has a closed form too
-    assert t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)
-    assert t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
-    assert t_sf(t, 7) == pytest.approx(1 - t_cdf(t, 7), abs=1e-12)
+    assert (1 - t_sf(t, 1)) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)
+    assert (1 - t_sf(t, 2)) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
+    assert t_sf(t, 7) == pytest.approx(1 - (1 - t_sf(t, 7)), abs=1e-12)
 
 
 def test_t_tends_to_normal():

@@ -15,14 +15,14 @@ import time
 import uuid
 from pathlib import Path
 
-import git
 import pytest
 
-from worker import CandidateError, Target, TargetError, TrialSpec, Worker, make_bundle, make_full_bundle
+from core.target import Target, TargetError
+from worker import CandidateError, TrialSpec, Worker, make_bundle, make_full_bundle
 from worker.classify import classify, parse_summary
 from worker.hardware import detect
-from worker.runner import Outcome, clean_env, parse_progress, run
-from worker.validate import path_escapes, symlink_escapes
+from worker.runner import Outcome, Process, clean_env, parse_progress
+from core.paths import escapes as path_escapes, symlink_escapes
 
 # The stand-in data fingerprint (what prepare.py --fingerprint prints in a stand-in repo).
 STUB_FP = "ab" * 32
@@ -82,9 +82,14 @@ STUB_TARGET = "grace = 2\n"
 
 # ---- helpers (also used by test_worker_real / test_worker_ray / bench) ---------------------
 
+def git(repo_dir, *args, input=None) -> str:
+    """A git command in a test's repository (the test's own, not the swarm's git layer)."""
+    return subprocess.run(["git", *args], cwd=repo_dir, input=input, capture_output=True, check=True,
+                          text=not isinstance(input, bytes)).stdout
+
+
 def commit_files(repo_dir, files: dict, message="change", remove=()) -> str:
     """Write files (None = symlink spec as ('link', target)) and commit; returns the sha."""
-    repo = git.Repo(repo_dir)
     for path, content in files.items():
         full = Path(repo_dir) / path
         full.parent.mkdir(parents=True, exist_ok=True)
@@ -94,20 +99,19 @@ def commit_files(repo_dir, files: dict, message="change", remove=()) -> str:
             os.symlink(content[1], full)
         else:
             full.write_text(content)
-        repo.git.add("--", path)
+        git(repo_dir, "add", "--", path)
     for path in remove:
-        repo.git.rm("-q", "--", path)
-    repo.git.commit("-q", "-m", message)
-    return repo.head.commit.hexsha
+        git(repo_dir, "rm", "-q", "--", path)
+    git(repo_dir, "commit", "-q", "-m", message)
+    return git(repo_dir, "rev-parse", "HEAD").strip()
 
 
 def new_repo(path, files: dict) -> tuple[Path, str]:
     path = Path(path)
     path.mkdir(parents=True)
-    repo = git.Repo.init(path)
-    with repo.config_writer() as cw:
-        cw.set_value("user", "name", "test")
-        cw.set_value("user", "email", "test@example.com")
+    git(path, "init", "-q")
+    git(path, "config", "user.name", "test")
+    git(path, "config", "user.email", "test@example.com")
     return path, commit_files(path, files, "base")
 
 
@@ -118,10 +122,9 @@ def standin_repo(path, train=GOOD_TRAIN, target=STUB_TARGET) -> tuple[Path, str]
 
 def candidate(repo_dir, base, files, **spec) -> TrialSpec:
     """Commit `files` on `base` (on a side branch) and return a TrialSpec carrying its bundle."""
-    repo = git.Repo(repo_dir)
-    repo.git.checkout("-q", "--detach", base)
+    git(repo_dir, "checkout", "-q", "--detach", base)
     sha = commit_files(repo_dir, files, spec.pop("message", "candidate"))
-    repo.git.checkout("-q", "-")
+    git(repo_dir, "checkout", "-q", "-")
     spec.setdefault("trial_id", f"t-{sha[:8]}-{time.monotonic_ns()}")
     return TrialSpec(commit=sha, bundle=make_bundle(repo_dir, sha, base), base_commit=base, **spec)
 
@@ -238,7 +241,7 @@ def test_runner_streams_carriage_return_progress_and_logs_everything(tmp_path):
     script = ('import sys\nfor i in range(3):\n    sys.stdout.write(f"step {i:05d} ({i*10}.0%) | loss: 1.5 | '
               'remaining: {9-i}s\\r"); sys.stdout.flush()\nprint()\nprint("done")\n')
     seen = []
-    out = run([os.sys.executable, "-c", script], tmp_path, clean_env(), tmp_path / "log.txt", 30, seen.append)
+    out = Process([os.sys.executable, "-c", script], tmp_path, clean_env(), tmp_path / "log.txt", 30, seen.append).start().wait()
     assert out.returncode == 0 and not out.timed_out
     assert [p["step"] for p in seen] == [0, 1, 2] and seen[-1]["seconds_left"] == 7
     assert "done" in out.text and "done" in (tmp_path / "log.txt").read_text()
@@ -249,7 +252,7 @@ def test_runner_caps_the_log_but_keeps_its_end(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "LOG_MAX", 2000)
     monkeypatch.setattr(runner, "KEEP_TAIL", 500)
     script = "for i in range(2000): print(f'line {i:05d}')\nprint('---')\nprint('val_bpb: 1.25')\n"
-    out = run([os.sys.executable, "-c", script], tmp_path, clean_env(), tmp_path / "log.txt", 30)
+    out = Process([os.sys.executable, "-c", script], tmp_path, clean_env(), tmp_path / "log.txt", 30).start().wait()
     log = (tmp_path / "log.txt").read_text()
     assert len(log) < 4000 and "line 00000" in log and "bytes of output skipped" in log
     assert "val_bpb: 1.25" in log.splitlines()[-4:]
@@ -330,8 +333,8 @@ def test_good_trial_reports_summary_and_timings(worker, src):
     assert log.rstrip().splitlines()[-1] == "# result: ok"
     assert Path(r.log_path).with_name(Path(r.log_path).stem + ".smoke.log").exists()
     # the trial ran on the worker's own branch, at the candidate
-    assert worker.repo.repo.active_branch.name == "swarm/test/w1"
-    assert worker.repo.repo.head.commit.hexsha == spec.commit
+    assert worker.repo.current_branch() == "swarm/test/w1"
+    assert worker.repo.head() == spec.commit
     assert json.loads((worker.workdir / "results.jsonl").read_text().splitlines()[-1])["status"] == "ok"
 
 
@@ -455,18 +458,11 @@ def _tagged_processes(tag: str, wait: float = 30.0) -> list:
 
 def _crafted_escape(repo_dir, base) -> str:
     """A commit whose tree holds '../evil.py' (git cannot make one; plumbing can)."""
-    repo = git.Repo(repo_dir)
-    p = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=repo_dir, input=b"print(1)\n",
-                       capture_output=True, check=True)
-    blob = p.stdout.decode().strip()
-    sub = subprocess.run(["git", "mktree"], cwd=repo_dir, input=f"100644 blob {blob}\tevil.py\n".encode(),
-                         capture_output=True, check=True).stdout.decode().strip()
-    entries = subprocess.run(["git", "ls-tree", base], cwd=repo_dir, capture_output=True,
-                             check=True).stdout.decode()
-    entries += f"040000 tree {sub}\t..\n"
-    tree = subprocess.run(["git", "mktree"], cwd=repo_dir, input=entries.encode(), capture_output=True,
-                          check=True).stdout.decode().strip()
-    return repo.git.commit_tree(tree, "-p", base, "-m", "escape")
+    blob = git(repo_dir, "hash-object", "-w", "--stdin", input="print(1)\n").strip()
+    sub = git(repo_dir, "mktree", input=f"100644 blob {blob}\tevil.py\n").strip()
+    entries = git(repo_dir, "ls-tree", base) + f"040000 tree {sub}\t..\n"
+    tree = git(repo_dir, "mktree", input=entries).strip()
+    return git(repo_dir, "commit-tree", tree, "-p", base, "-m", "escape").strip()
 
 
 def test_invalid_candidates_then_still_usable(worker, src):
@@ -475,7 +471,7 @@ def test_invalid_candidates_then_still_usable(worker, src):
         "fixed file": ({"prepare.py": "print('changed')\n"}, "changes the fixed file prepare.py"),
         "outside editable": ({"notes.txt": "hi\n"}, "outside the editable set"),
         "symlink out": ({"train.py": ("link", "../../../etc/passwd")}, "symlink pointing outside"),
-        "syntax": ({"train.py": "def broken(:\n    pass\n"}, "train.py does not compile: SyntaxError"),
+        "syntax": ({"train.py": "def broken(:\n    pass\n"}, "train.py does not compile: line 1: "),
     }
     for name, (files, words) in cases.items():
         r = worker.run_trial(candidate(path, base, files))
@@ -520,12 +516,12 @@ def test_commits_that_cannot_arrive(worker, src, tmp_path):
 def test_patch_transport_keeps_commit_id(worker, src):
     path, base = src
     spec = candidate(path, base, {"train.py": GOOD_TRAIN + "# via patch\n"}, seed=5, smoke=False)
-    patch = git.Repo(path).git.format_patch("--stdout", "--binary", f"{base}..{spec.commit}",
-                                            stdout_as_string=False)
+    patch = subprocess.run(["git", "format-patch", "--stdout", "--binary", f"{base}..{spec.commit}"], cwd=path,
+                           capture_output=True, check=True).stdout
     spec.bundle = patch
     r = worker.run_trial(spec)
     assert r.status == "ok" and r.val_bpb == pytest.approx(1.505)
-    assert worker.repo.repo.head.commit.hexsha == spec.commit   # same author/committer: same id
+    assert worker.repo.head() == spec.commit   # same author/committer: same id
 
 
 def test_secrets_absent_from_trial_env(worker, src, monkeypatch):

@@ -55,9 +55,3 @@ def remote_class(**options):
     """The ray.remote class; `options` override ACTOR_OPTIONS (e.g. resources for a test)."""
     import ray
     return ray.remote(**{**ACTOR_OPTIONS, **options})(WorkerActor)
-
-
-def start_worker(name, workdir, *args, ray_options=None, **kwargs):
-    """Start one worker actor (named `worker-<name>`) and return its handle."""
-    cls = remote_class()
-    return cls.options(name=f"worker-{name}", **(ray_options or {})).remote(name, workdir, *args, **kwargs)

@@ -12,7 +12,7 @@ import signal
 from dataclasses import dataclass, field
 
 from .runner import Outcome
-from .target import Target
+from core.target import Target
 
 # Lines of the log kept in a result (the full log stays on disk).
 TAIL_LINES = 40

@@ -42,9 +42,7 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     """0 when the trial ran ok, 1 when it crashed / was invalid, 2 when the worker cannot run at all."""
-    import git
-
-    from safety.gitsafe import protect
+    from safety.gitsafe import GitError, git
     from safety.redact import scrub_environ
 
     from .repo import make_bundle
@@ -60,14 +58,13 @@ def run(args) -> int:
             return 2
         extra[key] = value
     try:
-        src = protect(git.Repo(args.repo, search_parent_directories=True))
-        commit = src.git.rev_parse("--verify", f"{args.commit}^{{commit}}")
-        base = src.git.rev_parse("--verify", f"{args.base}^{{commit}}") if args.base else None
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError, git.GitCommandError) as e:
+        root = git(args.repo, "rev-parse", "--show-toplevel").strip()
+        commit = git(root, "rev-parse", "--verify", f"{args.commit}^{{commit}}").strip()
+        base = git(root, "rev-parse", "--verify", f"{args.base}^{{commit}}").strip() if args.base else None
+    except (GitError, OSError) as e:
         print(f"error: {args.repo}: cannot find commit {args.commit}"
               f"{' / ' + args.base if args.base else ''} in a git repository ({e})", file=sys.stderr)
         return 2
-    root = src.working_tree_dir
 
     w = Worker(args.name, Path(args.workdir), journal_url=args.journal, campaign=args.campaign,
                expected_fingerprint=args.expect_fingerprint, env=extra, sandbox=args.sandbox)

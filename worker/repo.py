@@ -16,9 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import git
-
-from safety.gitsafe import clean_clone, protect
+from safety.gitsafe import GitError, clean_clone, git, git_options
 
 # First line of a git bundle (v2 or v3); anything else given as a bundle is read as a patch.
 BUNDLE_SIGNATURE = re.compile(rb"^# v[23] git bundle\n")
@@ -68,31 +66,25 @@ def bundle_heads(data: bytes) -> tuple[list[str], list[tuple[str, str]]]:
 def make_bundle(repo_dir, commit: str = "HEAD", base: str | None = None) -> bytes:
     """Bundle bytes holding `commit` (and its history after `base`, when given) -- what a worker
     receives. A temporary ref names the commit: git bundles only carry named refs."""
-    repo = protect(git.Repo(repo_dir))
-    sha = repo.git.rev_parse("--verify", f"{commit}^{{commit}}")
+    opts = git_options(repo_dir)
+    sha = git(repo_dir, "rev-parse", "--verify", f"{commit}^{{commit}}", options=opts).strip()
     ref = f"refs/swarm/bundle/{sha}"
-    repo.git.update_ref(ref, sha)
+    git(repo_dir, "update-ref", ref, sha, options=opts)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "c.bundle")
-            args = [path, ref] + ([f"^{base}"] if base else [])
-            repo.git.bundle("create", *args)
+            git(repo_dir, "bundle", "create", "--quiet", path, ref, *([f"^{base}"] if base else []), options=opts)
             return Path(path).read_bytes()
     finally:
-        repo.git.update_ref("-d", ref)
-        repo.close()
+        git(repo_dir, "update-ref", "-d", ref, options=opts)
 
 
 def make_full_bundle(repo_dir) -> bytes:
     """Every branch and tag of a repository, plus HEAD: what load_repo() takes."""
-    repo = protect(git.Repo(repo_dir))
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "all.bundle")
-            repo.git.bundle("create", path, "HEAD", "--branches", "--tags")
-            return Path(path).read_bytes()
-    finally:
-        repo.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "all.bundle")
+        git(repo_dir, "bundle", "create", "--quiet", path, "HEAD", "--branches", "--tags")
+        return Path(path).read_bytes()
 
 
 def sha256(data: bytes) -> str:
@@ -107,8 +99,12 @@ class WorkerRepo:
     def __init__(self, path, branch: str):
         self.path = Path(path)
         self.branch = branch
-        self.repo = protect(git.Repo(self.path)) if (self.path / ".git").is_dir() else None
+        self.is_repo = (self.path / ".git").is_dir()    # False: not a plain clone (or not yet made)
+        self._options = git_options(self.path) if self.is_repo else None   # computed once, as clean
         self._config = None      # the clone's own config values, once read (safety.gitsafe.clean_clone)
+
+    def _git(self, *args, **kwargs):
+        return git(self.path, *args, options=self._options, **kwargs)
 
     def _clean(self):
         """Before the worker uses its clone: nothing a trial planted in .git can run or redirect git."""
@@ -117,10 +113,15 @@ class WorkerRepo:
         except ValueError as e:
             raise CandidateError(f"the worker's clone was tampered with: {e}; delete {self.path} "
                                  "and load the repository again") from None
+        self._options = git_options(self.path)
 
     @property
     def loaded(self) -> bool:
-        return self.repo is not None and self.repo.head.is_valid()
+        return self.head() is not None
+
+    def head(self) -> str | None:
+        """The commit checked out, None before the first load."""
+        return self.resolve("HEAD")
 
     # ---- getting commits in --------------------------------------------------------------
 
@@ -136,12 +137,12 @@ class WorkerRepo:
             raise CandidateError("the repository bundle names no refs")
         gd = self.path / ".git"
         if gd.is_symlink() or (gd.exists() and not gd.is_dir()):
-            self.close()                 # a trial replaced .git: the clone is rebuilt from the bundle
-            shutil.rmtree(self.path)
-            self.repo = self._config = None
-        if self.repo is None:
+            shutil.rmtree(self.path)     # a trial replaced .git: the clone is rebuilt from the bundle
+            self.is_repo, self._config = False, None
+        if not self.is_repo:
             self.path.mkdir(parents=True, exist_ok=True)
-            self.repo = protect(git.Repo.init(self.path))
+            git(self.path, "init", "--quiet")
+            self.is_repo = True
         self._clean()
         self._fetch(bundle, [(ref, SOURCE + _strip_refs(ref)) for _, ref in refs])
         head = dict((ref, sha) for sha, ref in refs).get("HEAD", refs[0][0])
@@ -166,10 +167,9 @@ class WorkerRepo:
         with tempfile.NamedTemporaryFile(suffix=".bundle", dir=self.path / ".git", delete=False) as f:
             f.write(bundle)
         try:
-            self.repo.git.fetch("--no-tags", "--quiet", "--force", f.name,
-                                *[f"+{src}:{dst}" for src, dst in mapping])
-        except git.GitCommandError as e:
-            raise CandidateError(f"git could not read the bundle: {_git_message(e)}") from None
+            self._git("fetch", "--no-tags", "--quiet", "--force", f.name, *[f"+{src}:{dst}" for src, dst in mapping])
+        except GitError as e:
+            raise CandidateError(f"git could not read the bundle: {e}") from None
         finally:
             os.unlink(f.name)
 
@@ -183,23 +183,22 @@ class WorkerRepo:
             raise CandidateError("the candidate's bytes are neither a git bundle nor a "
                                  "`git format-patch --stdout` mailbox")
         self._clean()
-        self.repo.git.checkout("--force", "--detach", base)
-        env = {"GIT_COMMITTER_NAME": author.group(1).decode("utf-8", "replace").strip('"'),
+        self._git("checkout", "--quiet", "--force", "--detach", base)
+        env = {**os.environ, "GIT_COMMITTER_NAME": author.group(1).decode("utf-8", "replace").strip('"'),
                "GIT_COMMITTER_EMAIL": author.group(2).decode("utf-8", "replace")}
         with tempfile.NamedTemporaryFile(suffix=".patch", dir=self.path / ".git", delete=False) as f:
             f.write(patch)
         try:
-            self.repo.git.am("--quiet", "--keep-non-patch", "--committer-date-is-author-date",
-                             f.name, env=env)
-        except git.GitCommandError as e:
+            self._git("am", "--quiet", "--keep-non-patch", "--committer-date-is-author-date", f.name, env=env)
+        except GitError as e:
             try:
-                self.repo.git.am("--abort")
-            except git.GitCommandError:
+                self._git("am", "--abort")
+            except GitError:
                 pass
-            raise CandidateError(f"the patch does not apply on {base[:12]}: {_git_message(e)}") from None
+            raise CandidateError(f"the patch does not apply on {base[:12]}: {e}") from None
         finally:
             os.unlink(f.name)
-        return self.repo.head.commit.hexsha
+        return self.head()
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -208,17 +207,16 @@ class WorkerRepo:
 
     def resolve(self, rev: str) -> str | None:
         """Full sha of a commit, None when this clone does not have it."""
-        if not rev or self.repo is None:
+        if not rev or not self.is_repo:
             return None
         try:
-            return self.repo.git.rev_parse("--verify", "--quiet", f"{rev}^{{commit}}")
-        except git.GitCommandError:
+            return self._git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").strip() or None
+        except GitError:
             return None
 
     def changes(self, base: str | None, commit: str) -> list[tuple[str, list[str]]]:
         """[(status letter, paths)] between two commits, renames detected (R: [old, new])."""
-        out = self.repo.git.diff_tree("-r", "-z", "-M", "--name-status", "--no-commit-id",
-                                      base or EMPTY_TREE, commit)
+        out = self._git("diff-tree", "-r", "-z", "-M", "--name-status", "--no-commit-id", base or EMPTY_TREE, commit)
         words = out.split("\0")
         changes, i = [], 0
         while i < len(words) and words[i]:
@@ -231,14 +229,14 @@ class WorkerRepo:
     def entry(self, commit: str, path: str) -> tuple[int, bytes] | None:
         """(mode, content) of a path in a commit; None when absent or not a file."""
         try:
-            obj = self.repo.commit(commit).tree / path
-        except KeyError:
+            listed = self._git("ls-tree", "-z", "--full-tree", commit, "--", path)
+        except GitError as e:
+            raise CandidateError(f"cannot read {path} in commit {commit[:12]}: {e}") from None
+        meta, _, name = listed.rstrip("\0").partition("\t")
+        parts = meta.split()
+        if name != path or len(parts) != 3 or parts[1] != "blob":
             return None
-        except ValueError as e:   # GitPython refuses trees with entries like '..'
-            raise CandidateError(f"commit {commit[:12]} has a malformed tree: {e}") from None
-        if obj.type != "blob":
-            return None
-        return obj.mode, obj.data_stream.read()
+        return int(parts[0], 8), self._git("cat-file", "blob", parts[2], text=False)
 
     def file_hashes(self, commit: str, paths) -> dict[str, str | None]:
         out = {}
@@ -252,19 +250,15 @@ class WorkerRepo:
     def checkout(self, commit: str):
         """The worker's branch at `commit`, working tree exactly that commit (nothing left over)."""
         self._clean()
-        self.repo.git.checkout("--force", "--quiet", "-B", self.branch, commit)
-        self.repo.git.clean("-ffdxq")
+        self._git("checkout", "--force", "--quiet", "-B", self.branch, commit)
+        self._git("clean", "-ffdxq")
 
-    def close(self):
-        if self.repo is not None:
-            self.repo.close()
+    def current_branch(self) -> str | None:
+        try:
+            return self._git("symbolic-ref", "--quiet", "--short", "HEAD").strip()
+        except GitError:
+            return None
 
 
 def _strip_refs(ref: str) -> str:
     return ref[len("refs/"):] if ref.startswith("refs/") else ref
-
-
-def _git_message(e: git.GitCommandError) -> str:
-    text = (e.stderr or str(e)).strip()
-    text = re.sub(r"^\s*stderr:\s*", "", text)
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())[:500]

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.proc import kill_tree, signal_group
 from safety.redact import is_secret  # the one rule (also for the coordinator and the agents)
 
 # Variables passed through from the worker's own environment (names, or prefixes ending in _).
@@ -179,12 +180,7 @@ class Process:
             if self.proc is None or self.killed_for is not None:
                 return
             self.killed_for = why
-        _signal_group(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(KILL_WAIT)
-        except subprocess.TimeoutExpired:
-            pass
-        _signal_group(self.proc.pid, signal.SIGKILL)
+        kill_tree(self.proc, KILL_WAIT)
 
     def wait(self) -> Outcome:
         try:
@@ -194,7 +190,7 @@ class Process:
             self.proc.wait()
         seconds = time.monotonic() - self.t0
         # the leader is gone; anything it left behind in its group goes too
-        _signal_group(self.proc.pid, signal.SIGKILL)
+        signal_group(self.proc.pid, signal.SIGKILL)
         self._reader.join(READER_JOIN)
         rc = self.proc.returncode
         tail = bytes(self._tail)
@@ -212,13 +208,3 @@ class Process:
                        aborted=self.killed_for == "aborted", seconds=seconds,
                        log_path=str(self.log_path), text=tail.decode("utf-8", "replace"))
 
-
-def _signal_group(pgid: int, sig):
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def run(cmd, cwd, env, log_path, timeout, on_progress=None, header="") -> Outcome:
-    return Process(cmd, cwd, env, log_path, timeout, on_progress, header).start().wait()

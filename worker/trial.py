@@ -26,7 +26,7 @@ from pathlib import Path
 from .classify import Classified, classify, tail
 from .runner import Outcome, Process, clean_env
 from .sandbox import Policy, python_paths, returncode, wrap
-from .target import Target
+from core.target import Target
 
 # The evaluator's hard timeout: the larger of this and EVAL_TIMEOUT_FACTOR x the training budget.
 EVAL_TIMEOUT_MIN = 600.0

@@ -7,30 +7,15 @@ campaign's; paths stay inside the repository (no '..', no absolute paths, no
 symlink pointing out); editable Python files must compile.
 """
 
-import posixpath
 import stat
 
+from core.paths import compile_error, escapes, symlink_escapes
+from core.target import Target
+
 from .repo import WorkerRepo, sha256
-from .target import Target
 
 # Problems listed in one reason, at most (the rest are counted).
 MAX_PROBLEMS = 5
-
-
-def path_escapes(path: str) -> bool:
-    """True for a path that is absolute, climbs with '..', or touches .git."""
-    parts = path.split("/")
-    return (path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts)
-            or any(p.lower() == ".git" for p in parts))
-
-
-def symlink_escapes(path: str, link: bytes) -> bool:
-    """True when a symlink at `path` with target `link` points outside the repository."""
-    target = link.decode("utf-8", "replace")
-    if target.startswith("/") or "\\" in target:
-        return True
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
-    return resolved == ".." or resolved.startswith("../")
 
 
 def validate(repo: WorkerRepo, target: Target, commit: str, base: str | None,
@@ -43,13 +28,13 @@ def validate(repo: WorkerRepo, target: Target, commit: str, base: str | None,
         changed.extend(paths)
 
     for path in changed:
-        if path_escapes(path):
+        if escapes(path):
             problems.append(f"path {path!r} escapes the repository")
         elif base is not None and not target.is_editable(path):
             kind = "the fixed file" if path in target.fixed else "a file outside the editable set"
             problems.append(f"changes {kind} {path} (editable: {', '.join(target.editable)})")
 
-    if any(path_escapes(p) for p in changed):
+    if any(escapes(p) for p in changed):
         return problems       # a tree like that is not read any further (git would refuse it too)
 
     for path in changed:
@@ -61,13 +46,8 @@ def validate(repo: WorkerRepo, target: Target, commit: str, base: str | None,
             if symlink_escapes(path, content):
                 problems.append(f"{path} is a symlink pointing outside the repository "
                                 f"({content.decode('utf-8', 'replace')})")
-        elif path.endswith(".py") and target.is_editable(path):
-            try:
-                compile(content, path, "exec", dont_inherit=True)
-            except SyntaxError as e:
-                problems.append(f"{path} does not compile: {type(e).__name__}: {e.msg} (line {e.lineno})")
-            except ValueError as e:
-                problems.append(f"{path} does not compile: {e}")
+        elif target.is_editable(path) and (err := compile_error(path, content)):
+            problems.append(f"{path} does not compile: {err}")
 
     for path in target.fixed:
         entry = repo.entry(commit, path)

@@ -29,7 +29,7 @@ from .classify import Classified, tail
 from .repo import BUNDLE_SIGNATURE, CandidateError, WorkerRepo, branch_name
 from .runner import clean_env
 from .sandbox import SandboxError, resolve_mode
-from .target import Target, TargetError, fmt_seconds
+from core.target import Target, TargetError, fmt_seconds, parse_fingerprint
 from .validate import validate
 
 # Seconds between worker_heartbeat events (the coordinator's lease is several of these).
@@ -176,7 +176,7 @@ class Worker:
         except TargetError as e:
             self.problem = str(e)
             return
-        head = self.repo.repo.head.commit.hexsha
+        head = self.repo.head()
         # without campaign hashes, the fixed files as loaded are the reference
         self.fixed_hashes = self.campaign_hashes or {
             p: h for p, h in self.repo.file_hashes(head, self.target.fixed).items() if h}
@@ -192,17 +192,9 @@ class Worker:
         if p.returncode != 0:
             said = tail((p.stderr or "") + (p.stdout or ""), 6).strip()
             return {}, f"no prepared data (fingerprint command exited {p.returncode}): {said}"
-        lines = [line.strip() for line in p.stdout.splitlines() if line.strip()]
-        if not lines:
-            return {}, f"the fingerprint command {' '.join(cmd)} printed nothing"
-        try:
-            fp = json.loads(lines[-1])
-        except ValueError:
-            fp = lines[-1]
-        if not isinstance(fp, dict):
-            fp = {"fingerprint": str(fp)}
-        if not fp.get("fingerprint"):
-            return {}, f"the fingerprint command printed no fingerprint: {lines[-1][:200]}"
+        fp = parse_fingerprint(p.stdout)
+        if not fp:
+            return {}, f"the fingerprint command {' '.join(cmd)} printed no fingerprint: {p.stdout.strip()[-200:]}"
         fp.setdefault("profile", None)
         if not fp.get("time_budget"):
             fp["time_budget"] = self.target.time_budget
@@ -472,7 +464,6 @@ class Worker:
                 self._heartbeat_thread.join(5)
             if self.journal is not None:
                 self.journal.close()
-            self.repo.close()
         finally:
             self._trial_lock.release()
         return clean

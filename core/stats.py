@@ -144,11 +144,6 @@ def t_sf(t, dof):
     return tail if t > 0 else 1.0 - tail
 
 
-def t_cdf(t, dof):
-    """P(T <= t) for Student's t with dof degrees of freedom (dof = inf: normal)."""
-    return t_sf(-t, dof)
-
-
 # -----------------------------------------------------------------------------
 # Noise floor
 
@@ -175,9 +170,15 @@ def noise_floor(groups):
         m = math.fsum(g) / len(g)
         ss += math.fsum((x - m) ** 2 for x in g)
         dof += len(g) - 1
-    if dof == 0:
+    return pooled_sigma(ss, dof)
+
+
+def pooled_sigma(ss, dof):
+    """(sigma, dof) from a pooled within-commit sum of squares and its degrees of freedom
+    (sum of n - 1): noise_floor's last step, also for the coordinator's running sums."""
+    if dof <= 0:
         return None, 0
-    return math.sqrt(ss / dof), dof
+    return math.sqrt(max(ss, 0.0) / dof), dof
 
 
 # -----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ upstream-style autoresearch forks work unchanged; a user pointing the swarm at
 their own fork writes a few lines of TOML instead of changing the worker.
 """
 
-import fnmatch
+import json
 import re
 import shlex
 import sys
@@ -16,6 +16,8 @@ except ImportError:  # Python 3.10: the same parser from PyPI (a declared depend
     import tomli as tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from core.paths import is_editable
 
 # File name of the target config at the repository root.
 TARGET_FILE = "target.toml"
@@ -108,7 +110,7 @@ class Target:
         for p in merged["fixed"]:
             if any(ch in p for ch in "*?["):
                 raise TargetError(f"{where}: fixed path {p!r} must be a plain path (it is hashed), not a pattern")
-        clash = [p for p in merged["fixed"] if any(fnmatch.fnmatchcase(p, e) for e in merged["editable"])]
+        clash = [p for p in merged["fixed"] if is_editable(p, merged["editable"])]
         if clash:
             raise TargetError(f"{where}: {clash} are both fixed and editable; a file is one or the other")
         try:
@@ -152,7 +154,7 @@ class Target:
     # ---- use -----------------------------------------------------------------------------
 
     def is_editable(self, path: str) -> bool:
-        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.editable)
+        return is_editable(path, self.editable)
 
     def run_command(self, seed: int, budget: float, python: str = sys.executable, checkpoint: str = "") -> list[str]:
         return _render(self.run, python=python, seed=int(seed), budget=fmt_seconds(budget), checkpoint=checkpoint)
@@ -182,6 +184,22 @@ class Target:
 
     def to_dict(self) -> dict:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+def parse_fingerprint(stdout: str) -> dict:
+    """What a fingerprint command printed: its last non-empty line, a JSON object with at least
+    "fingerprint" (optionally "profile", "time_budget", "data_dirs", "eval_files"), or a bare
+    value taken as the fingerprint. {} when it printed none."""
+    lines = [line.strip() for line in (stdout or "").splitlines() if line.strip()]
+    if not lines:
+        return {}
+    try:
+        fp = json.loads(lines[-1])
+    except ValueError:
+        fp = lines[-1]
+    if not isinstance(fp, dict):
+        fp = {"fingerprint": str(fp)}
+    return fp if fp.get("fingerprint") else {}
 
 
 def fmt_seconds(x: float) -> str:
