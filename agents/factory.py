@@ -31,15 +31,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from agents.analyst import Analyst
-from agents.anthropic_agent import (
-    API_KEY_ENV,
-    AgentError,
-    AnthropicClient,
-    AnthropicConfig,
-    AnthropicImplementer,
-    AnthropicProposer,
-)
-from agents.base import Implementer, Proposer
+from agents.anthropic_agent import AnthropicImplementer, AnthropicProposer
+from agents.anthropic_client import API_KEY_ENV, AnthropicClient, AnthropicConfig
+from agents.base import AgentError, Implementer, Proposer
 from agents.usage import UsageMeter
 
 BACKENDS = ("auto", "anthropic", "command", "offline")

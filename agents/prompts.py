@@ -410,7 +410,7 @@ def _constant_names(ctx: ResearchContext) -> dict[str, Any] | None:
     if not text:
         return None
     try:
-        from agents.constants import constant_values
+        from agents.constant_rewriter import constant_values
         return constant_values(text)
     except Exception:  # a mainline that does not parse: no name check
         return None

@@ -87,7 +87,7 @@ def noisy(on: frozenset, seed: int, effects, salt: str) -> float:
 
 
 def knobs_on(train_py: str) -> frozenset:
-    from agents.constants import constant_values
+    from agents.constant_rewriter import constant_values
     return frozenset(int(k[1:]) for k, v in constant_values(train_py).items() if k.startswith("K") and v)
 
 

@@ -129,7 +129,7 @@ def rss_mb(pid) -> float:
 
 def start_server(path):
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "dashboard", "--journal", path, "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "swarm.cli", "dashboard", "--journal", path, "--port", "0"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     base = re.search(r"http://\S+?:\d+", proc.stdout.readline()).group(0)
     while True:

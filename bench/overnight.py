@@ -109,7 +109,7 @@ def prepare_data(tmp: Path) -> Path:
 
 
 def make_repo(tmp: Path) -> Path:
-    from agents.constants import rewrite_constants
+    from agents.constant_rewriter import rewrite_constants
     repo = tmp / "repo"
     repo.mkdir()
     for name in TARGET_FILES:

@@ -32,7 +32,7 @@ from dataclasses import asdict
 
 from agents.actor import AgentService
 from agents.analyst import Analyst
-from agents.anthropic_agent import API_KEY_ENV
+from agents.anthropic_client import API_KEY_ENV
 from agents.base import AgentError, Hypothesis, ImplementationError
 from agents.factory import AgentSet, choose_backend
 from coordinator.agent_runner import AgentRunner, AgentStartError

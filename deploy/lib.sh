@@ -85,7 +85,7 @@ EOF
 check_node() {  # check_node [--fingerprint HEX]
   say "checking this machine (swarm doctor):"
   local rc=0
-  (cd "$REPO" && "$PY" -m coordinator.doctor --node "$@") || rc=$?
+  (cd "$REPO" && "$PY" -m swarm.doctor --node "$@") || rc=$?
   if [ "$rc" -ne 0 ]; then
     [ "$rc" -eq 1 ] && die "this machine is not ready to run trials (see the ✗ lines above)" \
       "do what their fix: lines say, then run this script again"

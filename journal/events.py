@@ -15,42 +15,16 @@ from dataclasses import dataclass, field
 # written by newer code: views keep it as "unknown" rather than misread it.
 SCHEMA_VERSION = 1
 
-# Known event types -> the data fields their writers fill (CONTRACTS.md).
-# Views key on these names; the field lists document them and drive nothing else.
-EVENT_TYPES = {
-    "campaign_started": ("config", "target"),
-    "campaign_stopped": ("reason",),
-    "campaign_resumed": ("config",),
-    "stop_requested": ("reason",),
-    "worker_joined": ("worker", "track", "hardware_class", "hardware", "data_fingerprint",
-                      "profile", "time_budget"),
-    "worker_lost": ("worker", "reason"),
-    "worker_heartbeat": ("worker", "trial_id"),
-    "trial_started": ("trial_id", "worker", "track", "commit", "seed", "kind", "candidate_id"),
-    "trial_progress": ("trial_id", "worker", "step", "progress", "loss", "tok_per_s",
-                       "seconds_left"),
-    "trial_finished": ("trial_id", "worker", "track", "commit", "seed", "kind", "candidate_id",
-                       "status", "crash_class", "reason", "val_bpb", "metrics", "log_tail",
-                       "log_path", "timings"),
-    "hypothesis_proposed": ("hypothesis_id", "title", "rationale", "expected_effect", "risk",
-                            "agent", "track", "mainline_commit"),
-    "candidate_created": ("candidate_id", "hypothesis_id", "track", "commit", "base_commit", "diff"),
-    "candidate_invalid": ("candidate_id", "hypothesis_id", "track", "reason"),
-    "verdict": ("candidate_id", "hypothesis_id", "track", "verdict", "test", "p_value",
-                "confidence", "effect_bpb", "effect_sigma", "noise_floor", "trials",
-                "candidate_mean", "mainline_mean"),
-    "merged": ("track", "candidate_id", "commit", "previous"),
-    "merge_conflict": ("track", "candidate_id", "hypothesis_id", "mainline", "reason", "action"),
-    "fix_requested": ("track", "candidate_id", "hypothesis_id", "mainline", "attempt", "reason"),
-    "retested": ("track", "commit", "previous", "verdict", "p_value", "effect_bpb"),
-    "promoted": ("track", "commit", "previous", "val_bpb"),
-    "reverted": ("track", "commit", "restored", "reason"),
-    "heldout_result": ("track", "commit", "test_bpb"),
-    "lab_note": ("author", "title", "text"),
-    "agent_usage": ("agent", "model", "purpose", "input_tokens", "output_tokens",
-                    "cache_read_tokens", "cache_write_tokens", "cost_usd", "latency_s"),
-    "coordinator_lease": ("owner", "host", "pid", "lease_s", "release", "takeover_of"),
-}
+# Known event types (CONTRACTS.md lists each one's data fields). Views key on these names;
+# an event of another type is kept and shown as unknown.
+EVENT_TYPES = frozenset({
+    "campaign_started", "campaign_stopped", "campaign_resumed", "stop_requested", "coordinator_lease",
+    "worker_joined", "worker_lost", "worker_heartbeat",
+    "trial_started", "trial_progress", "trial_finished",
+    "hypothesis_proposed", "candidate_created", "candidate_invalid", "fix_requested",
+    "verdict", "merged", "merge_conflict", "retested", "promoted", "reverted", "heldout_result",
+    "lab_note", "agent_usage",
+})
 # Namespace of event ids that are derived rather than random (result_event_id).
 RESULT_ID_NAMESPACE = uuid.UUID("5a0e6f1c-3b7d-4c59-9f0e-2f3c1d7a8b90")
 

@@ -23,7 +23,7 @@ URL_RE = re.compile(r"http://(\S+?):(\d+)/(\?token=([A-Za-z0-9_-]+))?")
 
 
 class Dashboard:
-    """`python -m coordinator.cli dashboard ARGS --port 0` until the context ends."""
+    """`python -m swarm.cli dashboard ARGS --port 0` until the context ends."""
 
     def __init__(self, *args, env=None):
         self.args = [*args, "--port", "0"]
@@ -32,7 +32,7 @@ class Dashboard:
         self.first_line = ""
 
     def __enter__(self):
-        self.proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "dashboard", *self.args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "swarm.cli", "dashboard", *self.args],
                                      cwd=REPO_ROOT, env=self.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         lines = queue.Queue()

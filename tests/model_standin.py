@@ -40,7 +40,7 @@ from typing import Any
 from anthropic_standin import Reply, Request, _texts, message, text, tool_use, usage
 
 from core.keys import params_key
-from agents.constants import coerce, format_value, read_constants
+from agents.constant_rewriter import coerce, format_value, read_constants
 from agents.prompts import title_params
 
 SEED = 0                         # same seed, same mainline text, same call order -> same hypotheses

@@ -15,11 +15,11 @@ from campaign_events import events_of, of_type, state_of
 from model_standin import ResearchModel
 from synthetic import make_repo
 
-from agents.constants import constant_values
+from agents.constant_rewriter import constant_values
 from rich.console import Console
 
 from coordinator.campaign import Campaign
-from coordinator.cli import render_status
+from swarm.cli import render_status
 from coordinator.config import load_config
 
 KEY = "sk-standin-actor-0123456789"
@@ -126,7 +126,7 @@ def test_a_killed_agent_actor_is_restarted_and_its_calls_tried_again(ray_with_ke
     import threading
     import time
 
-    from coordinator.cli import main as swarm
+    from swarm.cli import main as swarm
 
     repo = make_repo(tmp_path / "repo")
     model = ResearchModel()

@@ -12,7 +12,7 @@ import pytest
 from campaign_events import events_of, of_type, state_of
 from synthetic import make_repo
 
-from agents.anthropic_agent import AgentError
+from agents.base import AgentError
 from agents.base import Proposer
 from agents.offline import OfflineImplementer, OfflineProposer
 from agents.prompts import title_params
@@ -20,7 +20,7 @@ from agents.usage import UsageMeter, usage_record
 from rich.console import Console
 
 from coordinator.campaign import Campaign
-from coordinator.cli import render_status
+from swarm.cli import render_status
 from coordinator.config import load_config
 
 SYNTH_ENV = {"AUTORESEARCH_SYNTH_SLEEP": "0.3"}   # a trial "trains" this long

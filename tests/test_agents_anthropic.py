@@ -18,12 +18,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from anthropic_standin import StandIn, error, message, outside_fences, text, tool_use, usage  # noqa: E402
 
 from agents.analyst import Analyst  # noqa: E402
-from agents.anthropic_agent import (  # noqa: E402
-    AgentError,
-    AnthropicClient,
-    AnthropicImplementer,
-    AnthropicProposer,
-)
+from agents.anthropic_agent import AnthropicImplementer, AnthropicProposer  # noqa: E402
+from agents.anthropic_client import AnthropicClient  # noqa: E402
+from agents.base import AgentError  # noqa: E402
 from agents.base import Hypothesis, ImplementationError, ResearchContext  # noqa: E402
 from agents.factory import choose_backend, make_agents  # noqa: E402
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agents.actor import AgentService
-from agents.anthropic_agent import AgentError
+from agents.base import AgentError
 from agents.base import Hypothesis, ImplementationError, ResearchContext
 from agents.command_agent import CommandImplementer, CommandProposer
 

@@ -1,5 +1,5 @@
 """
-Tests of agents/constants.py (read/rewrite train.py constants), agents/base.py
+Tests of agents/constant_rewriter.py (read/rewrite train.py constants), agents/base.py
 (keys) and agents/offline.py (the offline proposer + implementer).
 """
 
@@ -16,8 +16,9 @@ from agents.base import (
     ResearchContext,
 )
 from core.keys import hypothesis_key, params_key
-from agents.constants import ConstantsError, constant_values, read_constants, rewrite_constants
-from agents.offline import KNOBS, OfflineImplementer, OfflineProposer
+from agents.constant_rewriter import ConstantsError, constant_values, read_constants, rewrite_constants
+from agents.knobs import KNOBS
+from agents.offline import OfflineImplementer, OfflineProposer
 
 ROOT = Path(__file__).resolve().parents[1]
 

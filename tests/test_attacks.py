@@ -360,7 +360,7 @@ def test_without_bubblewrap_the_worker_says_what_to_install(research, tmp_path, 
 
 
 def test_without_bubblewrap_swarm_run_stops_before_anything_starts(research, tmp_path, monkeypatch, capsys):
-    from coordinator.cli import main
+    from swarm.cli import main
     path, _, _ = research
     journal = tmp_path / "j.db"
     monkeypatch.setenv("PATH", "/nonexistent")

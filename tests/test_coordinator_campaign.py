@@ -19,8 +19,8 @@ from synthetic import git, make_repo, truth
 from agents.base import Hypothesis, Proposer
 from agents.offline import OfflineImplementer, OfflineProposer
 from coordinator.campaign import Campaign
-from coordinator.cli import main as swarm
-from coordinator.cli import render_status
+from swarm.cli import main as swarm
+from swarm.cli import render_status
 from coordinator.config import load_config
 from journal.views import replay
 
@@ -208,7 +208,7 @@ def test_killed_coordinator_resumes_without_losing_or_repeating(ray_local, tmp_p
     aborts and re-runs the trials in flight, resets nothing it should keep, merges nothing twice."""
     repo = make_repo(tmp_path / "repo")
     with open(tmp_path / "run.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", "--repo", str(repo),
+        proc = subprocess.Popen([sys.executable, "-m", "swarm.cli", "run", "--repo", str(repo),
                                  "--campaign", "kill1", "--workers", "2", "--env", "AUTORESEARCH_SYNTH_SLEEP=0.6"],
                                 cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -13,7 +13,7 @@ from campaign_events import events_of
 from synthetic import make_repo
 
 from coordinator.campaign import Campaign
-from coordinator.cli import main as swarm
+from swarm.cli import main as swarm
 from coordinator.config import load_config
 
 

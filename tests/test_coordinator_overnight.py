@@ -68,7 +68,7 @@ def test_a_second_coordinator_is_refused_and_resume_keeps_the_worker_count(ray_l
                 Campaign(config(repo, "own1"), resume_only=resume, log=lambda m: None).run()
             assert ":" in str(e.value) and "lease expires" in str(e.value)
     finally:
-        from coordinator.cli import main as swarm
+        from swarm.cli import main as swarm
         swarm(["stop", "--repo", str(repo), "--campaign", "own1", "--reason", "test"])
         first.join(120)
     assert not first.is_alive() and out["reason"] == "stop requested (test)"

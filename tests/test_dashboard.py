@@ -195,7 +195,7 @@ def test_lan_bind_refuses_every_request_without_the_token(journal_path):
 
 
 def test_bad_journal_gives_the_messages_of_swarm_journal(redis_server, tmp_path, capsys):
-    from coordinator.cli import main as swarm
+    from swarm.cli import main as swarm
     wrong = redis_server.url.replace(PASSWORD, "not-the-password")
     down = f"redis://:pw@127.0.0.1:{redis_server.port + 1}/0"
     said = {}

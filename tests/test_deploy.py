@@ -348,7 +348,7 @@ def test_doctor_checks_the_whole_cluster(joined):
     """`swarm doctor --cluster` on the head: every node, its mlx resource and its own data check."""
     lan = joined.lan
     head = lan.hosts["head"]
-    p = head.run([PYTHON, "-m", "coordinator.doctor", "--cluster", "--address", f"{head.ip}:{RAY_PORT}",
+    p = head.run([PYTHON, "-m", "swarm.doctor", "--cluster", "--address", f"{head.ip}:{RAY_PORT}",
                   "--journal", joined.journal, "--fingerprint", joined.fingerprint], timeout=400,
                  RAY_AUTH_MODE="token")
     out = p.stdout
@@ -364,7 +364,7 @@ def test_doctor_checks_the_whole_cluster(joined):
     assert "all good" in out and p.returncode == 0, out
 
     # the same without RAY_AUTH_MODE=token: Ray does not present the token, and the doctor says so
-    q = head.run([PYTHON, "-m", "coordinator.doctor", "--address", f"{head.ip}:{RAY_PORT}"], timeout=400)
+    q = head.run([PYTHON, "-m", "swarm.doctor", "--address", f"{head.ip}:{RAY_PORT}"], timeout=400)
     assert q.returncode == 1, q.stdout
     assert re.search(r"✗ ray auth +RAY_AUTH_MODE is not set", q.stdout), q.stdout
     assert "fix: export RAY_AUTH_MODE=token" in q.stdout
@@ -374,7 +374,7 @@ def test_doctor_checks_the_whole_cluster(joined):
 
 def _event_reader(host: Host, url: str, log_path: Path):
     """`swarm journal URL --follow --format json` on another host: every event, as it arrives."""
-    proc = host.popen([PYTHON, "-m", "coordinator.cli", "journal", url, "--campaign", CAMPAIGN, "--follow",
+    proc = host.popen([PYTHON, "-m", "swarm.cli", "journal", url, "--campaign", CAMPAIGN, "--follow",
                        "--format", "json"], log_path)
     events: list = []
 
@@ -421,7 +421,7 @@ def test_campaign_across_hosts_survives_a_host_cut_off(joined, tiny_data, tmp_pa
     follower, events = _event_reader(reader, cluster.journal, tmp_path / "follow.log")
     run_log = tmp_path / "run.log"
     coordinator = head.popen(
-        [PYTHON, "-m", "coordinator.cli", "run", "--address", f"{head.ip}:{RAY_PORT}", "--journal", cluster.journal,
+        [PYTHON, "-m", "swarm.cli", "run", "--address", f"{head.ip}:{RAY_PORT}", "--journal", cluster.journal,
          "--repo", repo, "--campaign", CAMPAIGN, "--agent", "offline", "--time-budget", BUDGET,
          "--baseline-trials", "3", "--max-trials", MAX_TRIALS, "--lease", LEASE_S, "--no-smoke", "--no-heldout",
          "--env", f"AUTORESEARCH_EVAL_TOKENS={EVAL_TOKENS}"],
@@ -494,7 +494,7 @@ def test_campaign_across_hosts_survives_a_host_cut_off(joined, tiny_data, tmp_pa
     assert of("candidate_created") and of("campaign_stopped")
 
     # the lab journal, read on another host: one results.tsv row per counted trial
-    p = reader.run([PYTHON, "-m", "coordinator.cli", "journal", cluster.journal, "--campaign", CAMPAIGN,
+    p = reader.run([PYTHON, "-m", "swarm.cli", "journal", cluster.journal, "--campaign", CAMPAIGN,
                     "--format", "tsv"], timeout=120)
     assert p.returncode == 0, p.stderr
     lines = [line.split("\t") for line in p.stdout.splitlines() if line.strip()]
@@ -510,10 +510,10 @@ def test_wrong_redis_password_is_a_clear_error(joined):
     lan = joined.lan
     reader = lan.hosts["reader"]
     wrong = re.sub(r"redis://:[^@]+@", "redis://:not-the-password@", joined.journal)
-    p = reader.run([PYTHON, "-m", "coordinator.cli", "journal", wrong], timeout=120)
+    p = reader.run([PYTHON, "-m", "swarm.cli", "journal", wrong], timeout=120)
     assert p.returncode == 1
     assert "authentication failed: check the password" in p.stderr and "not-the-password" not in p.stderr
-    d = reader.run([PYTHON, "-m", "coordinator.doctor", "--journal", wrong], timeout=300)
+    d = reader.run([PYTHON, "-m", "swarm.doctor", "--journal", wrong], timeout=300)
     assert d.returncode == 1
     line = next(line for line in d.stdout.splitlines() if "journal" in line and ("✗" in line or "✓" in line))
     assert "✗" in line and "authentication failed" in line, d.stdout

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from coordinator import doctor
+from swarm import doctor
 from journal import open_journal
 from redis_server import RedisServer, free_port
 
@@ -69,7 +69,7 @@ def test_openblas():
     real = openblas_path()
     if real:
         assert doctor.check_openblas("cpu")[0] is True
-        code = "from coordinator.doctor import check_openblas; print(check_openblas('cpu')[1])"
+        code = "from swarm.doctor import check_openblas; print(check_openblas('cpu')[1])"
         out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
                              env={**os.environ, "LD_PRELOAD": real}, timeout=120).stdout
         assert "preloaded here" in out
@@ -200,12 +200,12 @@ def test_ray_probe_times_out_on_nothing():
 def test_doctor_command(tiny_data):
     """`swarm doctor --node` exits 0 on a ready machine, 1 with ✗ and fix: lines otherwise."""
     env = {**os.environ, **{k: v for k, v in tiny_data.env.items() if k != "LD_PRELOAD"}}
-    good = subprocess.run([sys.executable, "-m", "coordinator.doctor", "--node"], cwd=REPO_ROOT, env=env,
+    good = subprocess.run([sys.executable, "-m", "swarm.doctor", "--node"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert good.returncode == 0, good.stdout + good.stderr
     assert "✓ python" in good.stdout and "✓ mlx" in good.stdout and "✓ data" in good.stdout
     assert "all good" in good.stdout
-    bad = subprocess.run([sys.executable, "-m", "coordinator.doctor", "--node", "--fingerprint", "f" * 64],
+    bad = subprocess.run([sys.executable, "-m", "swarm.doctor", "--node", "--fingerprint", "f" * 64],
                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1
     assert "✗ data" in bad.stdout and "fix: prepare the same data" in bad.stdout and "1 problem(s)" in bad.stdout

@@ -19,9 +19,11 @@ from anthropic_standin import StandIn, message, text  # noqa: E402
 from model_standin import ResearchModel  # noqa: E402
 from synthetic import FILES, HERE  # noqa: E402
 
-from agents.anthropic_agent import AgentError, AnthropicClient, AnthropicImplementer, AnthropicProposer  # noqa: E402
+from agents.anthropic_agent import AnthropicImplementer, AnthropicProposer  # noqa: E402
+from agents.anthropic_client import AnthropicClient  # noqa: E402
+from agents.base import AgentError  # noqa: E402
 from agents.base import ResearchContext  # noqa: E402
-from agents.constants import constant_values  # noqa: E402
+from agents.constant_rewriter import constant_values  # noqa: E402
 from agents.prompts import dedup_keys, title_params  # noqa: E402
 
 KEY = "sk-standin-test-0123456789"

@@ -126,7 +126,7 @@ def test_no_password_in_the_journal_or_any_view(backend, tmp_path, request):
     r = _cli("-m", "journal", url, "--campaign", old, "--plot", str(plot))
     assert r.returncode == 0 and plot.exists(), r.stderr
     outputs["plot"] = r.stdout + r.stderr
-    r = _cli("-m", "coordinator.cli", "status", "--journal", url, "--campaign", old)
+    r = _cli("-m", "swarm.cli", "status", "--journal", url, "--campaign", old)
     assert r.returncode == 0 and f"campaign {old}" in r.stdout, r.stdout + r.stderr
     outputs["status"] = r.stdout + r.stderr
 

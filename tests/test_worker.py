@@ -380,7 +380,7 @@ def test_the_start_up_allowance_is_measured_on_mainline_runs(src, tmp_path):
 def test_sandbox_off_is_journaled_and_shown_in_every_view(src, tmp_path):
     from rich.console import Console
 
-    from coordinator.cli import render_status
+    from swarm.cli import render_status
     from coordinator.state import CampaignState
     from journal import open_journal
     from journal.export import markdown, table_text

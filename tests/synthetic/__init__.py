@@ -41,6 +41,6 @@ def _module():
 
 def truth(train_py_text: str, seed: int = 10**6) -> float:
     """Expected val_bpb of a train.py version on a fresh seed (no lucky effect, no noise)."""
-    from agents.constants import constant_values
+    from agents.constant_rewriter import constant_values
     c = constant_values(train_py_text)
     return _module().true_bpb(c["MATRIX_LR"], c["WARMDOWN_RATIO"], c["SCALAR_LR"], c["DEPTH"], seed=seed)

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trial", help="run one commit once, as a worker would")
     _lazy(p, "worker.cli")
     p = sub.add_parser("doctor", help="check that this machine, the journal and the Ray cluster are ready")
-    _lazy(p, "coordinator.doctor")
+    _lazy(p, "swarm.doctor")
     p = sub.add_parser("dashboard", help="a live web page of a campaign, served from its journal")
     _lazy(p, "dashboard.cli")
     return parser

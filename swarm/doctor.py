@@ -293,7 +293,7 @@ def _ray_probe(address: str, cluster: bool, expected: str | None) -> dict:
 def probe_ray(address: str, cluster: bool = False, expected: str | None = None,
               timeout: float = RAY_TIMEOUT, env=None) -> dict:
     """{'nodes': [...], 'mlx_free': n} or {'error': text} (a timeout is an error too)."""
-    code = ("import json, sys\nfrom coordinator.doctor import _ray_probe\n"
+    code = ("import json, sys\nfrom swarm.doctor import _ray_probe\n"
             "a = json.loads(sys.argv[1])\nprint('DOCTOR ' + json.dumps(_ray_probe(*a)), flush=True)\n")
     wait = timeout + (RAY_TIMEOUT + 30 if cluster else 0)
     env = dict(os.environ if env is None else env)
