@@ -24,7 +24,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Mapping
 
-from agents import prompts
+from agents import prompts, proposals
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class Analyst:
         for i, v in enumerate(verdicts):
             h = hyps.get(v.get("hypothesis_id"), {})
             title = h.get("title") or v.get("title") or v.get("candidate_id") or "?"
-            params = h.get("params") or prompts.title_params(title) or {}
+            params = h.get("params") or proposals.title_params(title) or {}
             rows.append({
                 "title": title, "params": params, "verdict": v.get("verdict"),
                 "sigma": _num(v.get("effect_sigma")), "bpb": _num(v.get("effect_bpb")),
@@ -181,7 +181,7 @@ class Analyst:
         def line(r: dict) -> str:
             eff = prompts.effect_text({"effect_bpb": r["bpb"], "effect_sigma": r["sigma"]})
             trials = f", {r['trials']} trials" if r.get("trials") else ""
-            return f"- {prompts._inline(r['title'], 100)}: {r['verdict']}, {eff}{trials}"
+            return f"- {prompts.inline(r['title'], 100)}: {r['verdict']}, {eff}{trials}"
 
         by_verdict = Counter(r["verdict"] for r in rows)
         n = len(rows)
@@ -224,7 +224,7 @@ class Analyst:
             common = (crash_reasons + invalid_reasons).most_common(3)
             if common:  # the reasons come from run logs: data, fenced
                 out.append("  Most common reasons:\n" + prompts.fence(
-                    "\n".join(f"{k}x: {prompts._inline(reason, 120)}" for reason, k in common), "run-log"))
+                    "\n".join(f"{k}x: {prompts.inline(reason, 120)}" for reason, k in common), "run-log"))
         if not failing and not crash_classes:
             out.append("- No repeated failures.")
 
@@ -252,7 +252,7 @@ class Analyst:
         nexts = []
         for r in rows:
             if r["verdict"] == "promising":
-                nexts.append(f"- More seeds for {prompts._inline(r['title'], 100)} (promising, "
+                nexts.append(f"- More seeds for {prompts.inline(r['title'], 100)} (promising, "
                              f"{prompts.effect_text({'effect_sigma': r['sigma']})}).")
         for r in wins[:3]:
             if r["params"] and r["verdict"] == "confirmed":

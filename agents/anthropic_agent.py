@@ -2,10 +2,10 @@
 Proposer and implementer on the Anthropic Messages API (the `anthropic` SDK).
 
 AnthropicProposer asks the model for hypotheses through one tool,
-propose_hypotheses, whose input is checked (prompts.validate_proposals); a
+propose_hypotheses, whose input is checked (proposals.validate_proposals); a
 malformed input is answered with a tool error saying what to fix, and the model
 tries again (bounded). Near-duplicates of what the journal holds for the same
-mainline are refused (prompts.refuse_duplicates) and replacements asked for.
+mainline are refused (proposals.refuse_duplicates) and replacements asked for.
 
 AnthropicImplementer lets the model edit the editable files of a workspace
 through tools (view_file, replace_in_file, write_file: agents/tools.py), run a
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from agents import prompts
+from agents import prompts, proposals
 from agents.base import AgentError, Hypothesis, ImplementationError, Implementer, Proposer, ResearchContext
 from agents.tools import (
     DONE_TOOL_SPEC,
@@ -120,12 +120,12 @@ class AnthropicProposer(Proposer):
         last_error = None
         rounds = self.config.max_propose_rounds
         for rnd in range(1, rounds + 1):
-            resp = self.client.create_with_tool("propose", prompts.PROPOSE_TOOL["name"], system=system,
+            resp = self.client.create_with_tool("propose", proposals.PROPOSE_TOOL["name"], system=system,
                                                 messages=_with_rolling_cache(messages),
-                                                tools=[prompts.PROPOSE_TOOL])
+                                                tools=[proposals.PROPOSE_TOOL])
             messages.append({"role": "assistant", "content": resp.content})
-            uses = [b for b in _blocks(resp, "tool_use") if b.name == prompts.PROPOSE_TOOL["name"]]
-            others = [b for b in _blocks(resp, "tool_use") if b.name != prompts.PROPOSE_TOOL["name"]]
+            uses = [b for b in _blocks(resp, "tool_use") if b.name == proposals.PROPOSE_TOOL["name"]]
+            others = [b for b in _blocks(resp, "tool_use") if b.name != proposals.PROPOSE_TOOL["name"]]
             results = [_tool_result(b.id, f"unknown tool {b.name!r}: call propose_hypotheses", True)
                        for b in others]
             if not uses:
@@ -139,13 +139,13 @@ class AnthropicProposer(Proposer):
             had_error = False
             for use in uses:
                 try:
-                    hyps = prompts.validate_proposals(use.input, ctx, self.name)
-                except prompts.ProposalError as e:
+                    hyps = proposals.validate_proposals(use.input, ctx, self.name)
+                except proposals.ProposalError as e:
                     had_error, last_error = True, str(e)
                     results.append(_tool_result(use.id, str(e), is_error=True))
                     continue
-                taken = mine | {k for h in accepted for k in prompts.dedup_keys(h)}
-                kept, ref = prompts.refuse_duplicates(hyps, ctx, taken=taken)
+                taken = mine | {k for h in accepted for k in proposals.dedup_keys(h)}
+                kept, ref = proposals.refuse_duplicates(hyps, ctx, taken=taken)
                 accepted += kept
                 refused += ref
                 results.append(_tool_result(use.id, self._receipt(kept, ref)))
@@ -161,7 +161,7 @@ class AnthropicProposer(Proposer):
                              kind="output")
         accepted = accepted[:n]
         for h in accepted:  # only what is handed out: extras may be proposed again later
-            mine.update(prompts.dedup_keys(h))
+            mine.update(proposals.dedup_keys(h))
             log.info("%s proposed %r", self.name, h.title)
         return accepted
 

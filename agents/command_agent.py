@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from agents import prompts
+from agents import prompts, proposals
 from agents.base import AgentError, settings_from_dict
 from agents.base import Hypothesis, ImplementationError, Implementer, Proposer, ResearchContext
 from agents.tools import resolve_editable
@@ -328,13 +328,13 @@ class CommandProposer(Proposer):
         if isinstance(data, list):
             data = {"hypotheses": data}
         try:
-            hyps = prompts.validate_proposals(data, ctx, self.name)
-        except prompts.ProposalError as e:
+            hyps = proposals.validate_proposals(data, ctx, self.name)
+        except proposals.ProposalError as e:
             raise AgentError(f"the agent's hypotheses are malformed: {e}", kind="output") from None
-        kept, refused = prompts.refuse_duplicates(hyps, ctx, taken=mine)
+        kept, refused = proposals.refuse_duplicates(hyps, ctx, taken=mine)
         for h, why in refused:
             log.info("%s: refused %r: near-duplicate, %s", self.name, h.title, why)
         kept = kept[:n]
         for h in kept:
-            mine.update(prompts.dedup_keys(h))
+            mine.update(proposals.dedup_keys(h))
         return kept

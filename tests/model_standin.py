@@ -41,7 +41,7 @@ from anthropic_standin import Reply, Request, _texts, message, text, tool_use, u
 
 from core.keys import params_key
 from agents.constant_rewriter import coerce, format_value, read_constants
-from agents.prompts import title_params
+from agents.proposals import title_params
 
 SEED = 0                         # same seed, same mainline text, same call order -> same hypotheses
 FLOAT_FACTOR = (1.2, 2.0)        # a float constant is multiplied or divided by a factor in this range

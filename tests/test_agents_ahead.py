@@ -15,7 +15,7 @@ from synthetic import make_repo
 from agents.base import AgentError
 from agents.base import Proposer
 from agents.offline import OfflineImplementer, OfflineProposer
-from agents.prompts import title_params
+from agents.proposals import title_params
 from agents.usage import UsageMeter, usage_record
 from rich.console import Console
 

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from anthropic_standin import StandIn, message, outside_fences, tool_use  # noqa: E402
 
-from agents import prompts  # noqa: E402
+from agents import prompts, proposals  # noqa: E402
 from agents.analyst import Analyst  # noqa: E402
 from agents.anthropic_agent import AnthropicImplementer, AnthropicProposer  # noqa: E402
 from agents.anthropic_client import AnthropicClient  # noqa: E402
@@ -97,7 +97,7 @@ def test_injected_log_line_reaches_the_model_only_inside_the_fence(monkeypatch, 
         propose_text = api.requests[0].text()
         assert propose_text.count(INJECTION) == 4  # crash reason + log tail, note, title
         assert INJECTION not in outside_fences(propose_text).replace(
-            prompts._inline("Title with " + INJECTION + " </untrusted-run-log>"), "")
+            prompts.inline("Title with " + INJECTION + " </untrusted-run-log>"), "")
         # an agent-written title is shown as a table cell with its fence lookalike broken
         assert "Title with " + INJECTION + " &lt;/untrusted-run-log>" in propose_text
         assert propose_text.count("<untrusted-run-log>") == propose_text.count("</untrusted-run-log>") == 1
@@ -149,7 +149,7 @@ def test_system_blocks_mark_static_context_for_caching():
 def test_validate_proposals_accepts_good_input_and_names_every_problem():
     good = {"hypotheses": [{"title": " MATRIX_LR 0.04 -> 0.06 ", "rationale": "r", "expected_effect": -0.01,
                             "risk": "LOW", "params": {"MATRIX_LR": 0.06}}]}
-    (h,) = prompts.validate_proposals(good, ctx(), "me")
+    (h,) = proposals.validate_proposals(good, ctx(), "me")
     assert (h.title, h.expected_effect, h.risk, h.agent, h.mainline_commit) == (
         "MATRIX_LR 0.04 -> 0.06", "-0.01 bpb", "low", "me", "m2")
     for bad, needle in [
@@ -161,19 +161,19 @@ def test_validate_proposals_accepts_good_input_and_names_every_problem():
         ({"hypotheses": [{"title": "t" * 300, "rationale": "r", "expected_effect": "e", "risk": "low"}]},
          "keep it under 200"),
     ]:
-        with pytest.raises(prompts.ProposalError, match=needle.replace("[", r"\[").replace("]", r"\]")):
-            prompts.validate_proposals(bad, ctx(), "me")
+        with pytest.raises(proposals.ProposalError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+            proposals.validate_proposals(bad, ctx(), "me")
 
 
 def test_title_params_and_duplicate_keys():
-    assert prompts.title_params("WARMDOWN_RATIO 0.5 -> 0.8") == {"WARMDOWN_RATIO": 0.8}
-    assert prompts.title_params("DEPTH: 8 → 4, MATRIX_LR = 0.06") == {"DEPTH": 4, "MATRIX_LR": 0.06}
-    assert prompts.title_params("TOTAL_BATCH_SIZE 2**16 -> 2**15") == {"TOTAL_BATCH_SIZE": 2 ** 15}
-    assert prompts.title_params("Use SiLU instead of ReLU^2") == {}
+    assert proposals.title_params("WARMDOWN_RATIO 0.5 -> 0.8") == {"WARMDOWN_RATIO": 0.8}
+    assert proposals.title_params("DEPTH: 8 → 4, MATRIX_LR = 0.06") == {"DEPTH": 4, "MATRIX_LR": 0.06}
+    assert proposals.title_params("TOTAL_BATCH_SIZE 2**16 -> 2**15") == {"TOTAL_BATCH_SIZE": 2 ** 15}
+    assert proposals.title_params("Use SiLU instead of ReLU^2") == {}
     # a title spelling out a setting and params naming it are the same experiment
     a = {"title": "WARMDOWN_RATIO 0.5 -> 0.8", "params": None}
     b = Hypothesis("x", "Longer warmdown", "r", "e", "low", "me", params={"WARMDOWN_RATIO": 0.8})
-    assert prompts.dedup_keys(a) & prompts.dedup_keys(b)
+    assert proposals.dedup_keys(a) & proposals.dedup_keys(b)
 
 
 def test_refuse_duplicates_same_mainline_only_and_within_batch():
@@ -183,7 +183,7 @@ def test_refuse_duplicates_same_mainline_only_and_within_batch():
     mk = lambda t, p=None: Hypothesis(t, t, "r", "e", "low", "me", params=p)  # noqa: E731
     hyps = [mk("depth 4->3 ", {"DEPTH": 3}), mk("MATRIX_LR 0.04 -> 0.06"), mk("use  SiLU."),
             mk("WARMUP_RATIO 0 -> 0.1"), mk("warmup_ratio 0 -> 0.10")]
-    kept, refused = prompts.refuse_duplicates(hyps, ctx(history=history))
+    kept, refused = proposals.refuse_duplicates(hyps, ctx(history=history))
     assert [h.title for h in kept] == ["MATRIX_LR 0.04 -> 0.06", "WARMUP_RATIO 0 -> 0.1"]
     reasons = dict((h.title, why) for h, why in refused)
     assert "already discard on this mainline" in reasons["depth 4->3 "]

@@ -24,7 +24,7 @@ from agents.anthropic_client import AnthropicClient  # noqa: E402
 from agents.base import AgentError  # noqa: E402
 from agents.base import ResearchContext  # noqa: E402
 from agents.constant_rewriter import constant_values  # noqa: E402
-from agents.prompts import dedup_keys, title_params  # noqa: E402
+from agents.proposals import dedup_keys, title_params  # noqa: E402
 
 KEY = "sk-standin-test-0123456789"
 TRAIN_PY = (HERE / "train.py").read_text()
