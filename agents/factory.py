@@ -154,7 +154,7 @@ def _offline_proposer(config: Mapping[str, Any]) -> Proposer:
 
 
 def coordinator_agents(cfg: Any, journal: Any = None) -> tuple[Proposer, Implementer]:
-    """(proposer, implementer) in the shape coordinator/campaign.py loads with
+    """(proposer, implementer) in the shape the coordinator (coordinator/pipeline.py) loads with
     agent = "agents.factory:coordinator_agents". The agent settings come from cfg.agents
     (a dict as above) when the coordinator config has one; the offline agent gets cfg.seed.
     The coordinator drains and emits usage itself, so no journal is handed down (each

@@ -1,5 +1,5 @@
 """
-Error rates of the sequential test (coordinator/stats.py), by simulation.
+Error rates of the sequential test (core/stats.py), by simulation.
 
 No training here: a "trial" of a commit is its true val_bpb plus Gaussian seed
 noise (sigma = SIGMA bpb). Each simulated candidate gets a fresh mainline of

@@ -22,9 +22,17 @@ waiting on a language model:
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+import os
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from agents.actor import AgentActor
+from agents.base import AgentError
 
 READY_TIMEOUT_S = 120.0     # the actor's process starts and imports the backend (the SDK takes seconds)
 
@@ -62,11 +70,6 @@ class AgentRunner:
     def node_has_env(name: str) -> bool:
         """Whether processes Ray starts on this machine's node see the environment variable (a
         node started before it was exported, or by a service, does not)."""
-        import os
-
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
         def has(n):
             return bool(os.environ.get(n, "").strip())
 
@@ -79,10 +82,7 @@ class AgentRunner:
     def actor(cls, settings: dict, threads: int) -> AgentRunner:
         """An AgentActor built from settings on this node; raises AgentStartError with the
         backend's own message (a missing key, a bad setting) when it cannot start."""
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from agents.actor import AgentActor
 
         here = ray.get_runtime_context().get_node_id()
         handle = AgentActor.options(
@@ -129,10 +129,8 @@ class AgentRunner:
         if not self.jobs:
             return
         if self.actor is not None:
-            import ray
             ray.wait([j.handle for j in self.jobs], num_returns=len(self.jobs), timeout=timeout)
         else:
-            from concurrent.futures import wait
             wait([j.handle for j in self.jobs], timeout=timeout)
 
     def finished(self) -> list[Job]:
@@ -140,7 +138,6 @@ class AgentRunner:
         if not self.jobs:
             return []
         if self.actor is not None:
-            import ray
             refs = [j.handle for j in self.jobs]
             ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
             done = [j for j in self.jobs if j.handle in ready]
@@ -160,10 +157,6 @@ class AgentRunner:
     def _result(self, handle):
         if self.actor is None:
             return handle.result()
-        import ray
-        from ray.exceptions import RayActorError, RayTaskError
-
-        from agents.base import AgentError
         try:
             return ray.get(handle)
         except RayActorError as e:     # died or restarting: the call is lost, not the hypothesis
@@ -177,7 +170,6 @@ class AgentRunner:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
         if self.actor is not None:
-            import ray
             try:
                 ray.kill(self.actor, no_restart=True)
             except Exception:

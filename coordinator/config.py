@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from core.stats import StatsConfig
+
 try:
     import tomllib
 except ImportError:  # Python 3.10: the same parser from PyPI (a declared dependency there)
@@ -93,7 +95,6 @@ class SwarmConfig:
         return Path(self.workdir).expanduser().resolve() if self.workdir else self.swarm_dir / "workers"
 
     def stats_config(self, direction: str = "minimize"):
-        from core.stats import StatsConfig
         looks = tuple(n for n in StatsConfig().looks if n < self.max_seeds)
         return StatsConfig(confidence=self.confidence, min_effect=self.min_effect,
                            max_trials=self.max_seeds, direction=direction, looks=looks)

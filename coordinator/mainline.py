@@ -28,6 +28,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from agents.base import Hypothesis, ImplementationError, Implementer
+from worker.repo import make_bundle
 from safety.gitsafe import run_git
 
 # Who the coordinator is when it commits (no user config needed, nothing signed).
@@ -227,7 +228,6 @@ class MainlineRepo:
     # -- bundles for workers -----------------------------------------------------------------
     def load_bundle(self, initial: str) -> bytes:
         """What every worker's load_repo() gets: the initial commit with its history."""
-        from worker import make_bundle
         return make_bundle(self.path, initial)
 
     def bundle(self, commit: str, initial: str) -> bytes | None:
@@ -237,7 +237,6 @@ class MainlineRepo:
         if commit in self._bundles:
             self._bundles.move_to_end(commit)
             return self._bundles[commit]
-        from worker import make_bundle
         data = make_bundle(self.path, commit, base=initial)
         self._bundles[commit] = data
         while len(self._bundles) > BUNDLE_CACHE:

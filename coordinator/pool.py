@@ -19,13 +19,16 @@ result Ray hands back, under the worker's own event id, so a result is never cou
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
 
+import ray
+from ray.exceptions import RayActorError
+
 from coordinator.config import CampaignError
 from journal.events import result_event_id
+from worker.actor import remote_class
 
 DISCOVER_S = 10.0          # how often the cluster is checked for mlx resources without a worker
 ABORT_WAIT_S = 15.0        # on stop: how long aborted trials get to report back
@@ -70,11 +73,6 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ Ray and joining
     def start_ray(self):
-        # under `uv run`, Ray would re-launch its workers through `uv run` in a packaged copy of
-        # the current directory; the workers belong in this environment (as on every worker Mac).
-        # Ray reads the flag when it is imported.
-        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-        import ray
         if ray.is_initialized():
             return
         if self.cfg.address:
@@ -86,11 +84,9 @@ class WorkerPool:
 
     def shutdown_ray(self):
         if self.own_ray:
-            import ray
             ray.shutdown()
 
     def _wanted(self) -> int:
-        import ray
         if self.cfg.address is None and self.own_ray:
             return self.cfg.workers or 1
         total = int(ray.cluster_resources().get("mlx", 0))
@@ -101,7 +97,6 @@ class WorkerPool:
         url = self.cfg.journal_url
         if "://" in url:
             return url
-        import ray
         here = ray.util.get_node_ip_address()
         if all(n["NodeManagerAddress"] == here for n in ray.nodes() if n.get("Alive")):
             return url
@@ -117,7 +112,6 @@ class WorkerPool:
         if not force and now < self.next_discover:
             return
         self.next_discover = now + (DISCOVER_S if self.workers else 1.0)
-        import ray
 
         want = self._wanted()
         have = len(self.workers)
@@ -131,7 +125,6 @@ class WorkerPool:
         if self.load_bytes is None:
             self.load_bytes = self.mainline.load_bundle(self.state.initial_commit)
         if self.worker_class is None:
-            from worker.actor import remote_class
             self.worker_class = remote_class()
         cls = self.worker_class
         for _ in range(min(want - have, free)):
@@ -145,7 +138,6 @@ class WorkerPool:
             self.joining[actor.load_repo.remote(self.load_bytes)] = (slot, "load")
 
     def _on_joining(self, ref):
-        import ray
         slot, stage = self.joining.pop(ref)
         try:
             got = ray.get(ref)
@@ -184,7 +176,6 @@ class WorkerPool:
 
     def retire(self, slot: WorkerSlot, reason: str, joined: bool = True):
         """Take a worker out: its trial (if any) is aborted and needed again."""
-        import ray
         self.workers.pop(slot.name, None)
         if slot.trial is not None:
             self.abort_trial(slot.trial, f"worker {slot.name} lost: {reason}")
@@ -253,7 +244,6 @@ class WorkerPool:
 
     def wait(self, timeout: float):
         """Handle whatever finished within `timeout`: results, joins, heartbeat answers."""
-        import ray
         refs = [w.ref for w in self.workers.values() if w.ref is not None]
         refs += list(self.joining)
         refs += [w.ping for w in self.workers.values() if w.ping is not None]
@@ -274,7 +264,6 @@ class WorkerPool:
                 self._on_ping(pings[ref])
 
     def _on_ping(self, slot: WorkerSlot):
-        import ray
         ref, slot.ping = slot.ping, None
         try:
             ray.get(ref)
@@ -283,8 +272,6 @@ class WorkerPool:
             pass  # a dead actor shows in its run_trial ref; a slow one runs into its lease
 
     def _on_result(self, slot: WorkerSlot):
-        import ray
-        from ray.exceptions import RayActorError
         ref, trial_id = slot.ref, slot.trial
         slot.ref = slot.trial = None
         try:
@@ -366,7 +353,6 @@ class WorkerPool:
     def abort_running(self, reason: str):
         """Ask every running trial to stop; take the results that come within ABORT_WAIT_S and
         journal the rest as aborted (re-run on resume)."""
-        import ray
         if not ray.is_initialized():
             return
         for slot in self.running():
@@ -389,7 +375,6 @@ class WorkerPool:
 
     def stop_workers(self):
         """Let every worker flush its journal and exit (STOP_WAIT_S), then kill what is left."""
-        import ray
         stops = []
         for slot in list(self.workers.values()):
             try:

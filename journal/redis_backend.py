@@ -28,7 +28,7 @@ from .events import Event, malformed
 # Key namespace shared by all campaigns of a swarm.
 KEY_PREFIX = "swarm"
 # Reconnect attempts per command and their backoff: ~9 s in all, then JournalUnavailable
-# (the writers ride out longer outages themselves: coordinator/campaign.py, worker/worker.py).
+# (the writers ride out longer outages themselves: coordinator/recorder.py, worker/worker.py).
 RETRIES = 8
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 2.0

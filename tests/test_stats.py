@@ -1,4 +1,4 @@
-"""Tests of coordinator/stats.py: the noise floor, the t distribution, and the sequential decision."""
+"""Tests of core/stats.py: the noise floor, the t distribution, and the sequential decision."""
 
 import math
 import random
