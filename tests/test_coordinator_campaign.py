@@ -147,9 +147,10 @@ def test_synthetic_campaign_judges_known_effects(ray_local, tmp_path):
             # a held-out figure only from a run that evaluated the test split (train.py says which)
             assert (h["test_bpb"] is not None) == (h["eval_split"] == "test")
             assert h["test_bpb"] is not None or isinstance(h["val_bpb"], float)
-    # a candidate that runs out of memory never gets a second seed
+    # a candidate that runs out of memory never gets a second seed (one the stop at --max-trials
+    # caught before its trial ran has no verdict, and no trial)
     for cid, c in st.candidates.items():
-        if c.commit and "DEPTH = 6" in train_py(repo, c.commit):
+        if c.commit and "DEPTH = 6" in train_py(repo, c.commit) and st.candidate_done(cid):
             assert c.verdict["verdict"] in ("crash", "invalid")
             assert st.candidate_done(cid) == 1
 
