@@ -108,62 +108,15 @@ def make_repo(path: Path):
 # The real coordinator with stand-in workers
 
 def standin_class(repo: Path, effects, salt: str):
-    """worker/actor.py's API; a trial's value is computed from the commit's train.py."""
-    import ray
+    """Stand-in workers whose trial value is computed from the commit's train.py (the truth)."""
+    from standin_worker import standin_class as make
 
-    from worker import TrialResult
+    def value(spec):
+        text = subprocess.run(["git", "show", f"{spec['commit']}:train.py"], cwd=repo, check=True,
+                              capture_output=True, text=True).stdout
+        return noisy(knobs_on(text), int(spec["seed"]), effects, salt)
 
-    @ray.remote(num_cpus=0, resources={"mlx": 1}, max_concurrency=4)
-    class TruthWorker:
-        def __init__(self, name, workdir, journal_url=None, campaign="truth", expected_fingerprint=None,
-                     fixed_hashes=None, env=None):
-            from journal import open_journal
-            self.name = name
-            self.journal = open_journal(journal_url, campaign=campaign) if journal_url else None
-
-        def load_repo(self, bundle):
-            return "loaded"
-
-        def info(self):
-            return {"name": self.name, "hardware_class": "truth", "hardware": {}, "mlx_backend": "none",
-                    "mlx_version": None, "data_fingerprint": "0" * 64, "profile": "truth", "time_budget": 1,
-                    "track": "truth/bench/1s/000000000000", "problem": None}
-
-        def _emit(self, type_, **data):
-            if self.journal is not None:
-                self.journal.emit(type_, source=self.name, **data)
-
-        def run_trial(self, spec):
-            from journal.events import result_event_id
-            common = {k: spec.get(k) for k in ("trial_id", "commit", "seed", "kind", "candidate_id", "track")}
-            self._emit("trial_started", worker=self.name, **common)
-            text = subprocess.run(["git", "show", f"{spec['commit']}:train.py"], cwd=repo, check=True,
-                                  capture_output=True, text=True).stdout
-            value = noisy(knobs_on(text), int(spec["seed"]), effects, salt)
-            r = TrialResult(spec["trial_id"], self.name, spec["commit"], spec["seed"], "ok", val_bpb=value,
-                            metrics={"val_bpb": value}, timings={})
-            if self.journal is not None:
-                from journal import Event
-                ev = Event(type="trial_finished", source=self.name,
-                           data={"worker": self.name, **common, "status": "ok", "crash_class": None, "reason": "",
-                                 "val_bpb": value, "metrics": r.metrics, "log_tail": "", "log_path": None,
-                                 "timings": {}})
-                ev.id = result_event_id(spec["trial_id"])
-                self.journal.append(ev)
-            return r
-
-        def heartbeat(self):
-            return {"worker": self.name, "time": time.time()}
-
-        def abort(self, trial_id=None):
-            return False
-
-        def stop(self, graceful=True, timeout=None):
-            if self.journal is not None:
-                self.journal.close()
-            return True
-
-    return TruthWorker
+    return make(value, track="truth/bench/1s/000000000000")
 
 
 def knob_agent(order):

@@ -203,56 +203,9 @@ def bench_decisions(args):
 # Part 2: the real coordinator loop over Ray with stand-in workers
 
 def standin_class(trial_s: float):
-    """A Ray actor with worker/actor.py's API that trains nothing: each trial sleeps trial_s and
-    reports a noisy value, writing trial_started/trial_finished to the journal like the worker."""
-    import ray
-
-    from worker import TrialResult
-
-    @ray.remote(num_cpus=0, resources={"mlx": 1}, max_concurrency=4)
-    class StandIn:
-        def __init__(self, name, workdir, journal_url=None, campaign="bench", expected_fingerprint=None,
-                     fixed_hashes=None, env=None):
-            from journal import open_journal
-            self.name = name
-            self.journal = open_journal(journal_url, campaign=campaign) if journal_url else None
-            self.rng = random.Random(name)
-
-        def load_repo(self, bundle):
-            return "loaded"
-
-        def info(self):
-            return {"name": self.name, "hardware_class": "standin", "hardware": {}, "mlx_backend": "none",
-                    "mlx_version": None, "data_fingerprint": "0" * 64, "profile": "bench", "time_budget": 1,
-                    "track": "standin/bench/1s/000000000000", "problem": None}
-
-        def _emit(self, type_, **data):
-            if self.journal is not None:
-                self.journal.emit(type_, source=self.name, **data)
-
-        def run_trial(self, spec):
-            common = {k: spec.get(k) for k in ("trial_id", "commit", "seed", "kind", "candidate_id", "track")}
-            self._emit("trial_started", worker=self.name, **common)
-            time.sleep(trial_s)
-            value = 2.0 + self.rng.gauss(0, SIGMA)
-            r = TrialResult(spec["trial_id"], self.name, spec["commit"], spec["seed"], "ok", val_bpb=value,
-                            metrics={"val_bpb": value}, timings={"train": trial_s})
-            self._emit("trial_finished", worker=self.name, **common, status="ok", crash_class=None, reason="",
-                       val_bpb=value, metrics=r.metrics, log_tail="", log_path=None, timings=r.timings)
-            return r
-
-        def heartbeat(self):
-            return {"worker": self.name, "time": time.time()}
-
-        def abort(self, trial_id=None):
-            return False
-
-        def stop(self, graceful=True, timeout=None):
-            if self.journal is not None:
-                self.journal.close()
-            return True
-
-    return StandIn
+    """Stand-in workers whose trials report 2.0 plus noise (drawn from the trial's id)."""
+    from standin_worker import standin_class as make
+    return make(lambda spec: 2.0 + random.Random(spec["trial_id"]).gauss(0, SIGMA), trial_s)
 
 
 def endless_agent():
