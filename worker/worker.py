@@ -10,7 +10,6 @@ Python (tests, `swarm trial`) and inside a Ray actor (worker/actor.py).
 import json
 import math
 import os
-import queue
 import re
 import shutil
 import subprocess
@@ -21,15 +20,15 @@ import traceback
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from journal.backend import JournalUnavailable
+from core.target import Target, TargetError, fmt_seconds, parse_fingerprint
 from journal.events import result_event_id
 
 from . import hardware, trial
 from .classify import Classified, tail
+from .journal_writer import JournalWriter
 from .repo import BUNDLE_SIGNATURE, CandidateError, WorkerRepo, branch_name
 from .runner import clean_env
 from .sandbox import SandboxError, resolve_mode
-from core.target import Target, TargetError, fmt_seconds, parse_fingerprint
 from .validate import validate
 
 # Seconds between worker_heartbeat events (the coordinator's lease is several of these).
@@ -38,16 +37,6 @@ HEARTBEAT_S = 10.0
 PROGRESS_S = 5.0
 # Seconds the fingerprint command may take (it verifies the prepared cache).
 FINGERPRINT_TIMEOUT = 600
-# Seconds run_trial waits for trial_started / trial_finished to reach the journal
-# (after that the event stays queued and is written when the journal answers).
-JOURNAL_WAIT = 15.0
-# Longest pause between retries of a journal write that failed. An unreachable journal (a Redis
-# restart, a network outage) is waited out for JOURNAL_OUTAGE_S, the events kept in order; any
-# other failure gets JOURNAL_TRIES tries. Then the event goes to the worker's unsent-events file
-# (so one bad event or an endless outage cannot hold up the events behind it forever).
-JOURNAL_RETRY_MAX = 2.0
-JOURNAL_TRIES = 8
-JOURNAL_OUTAGE_S = 600.0
 # Trial kinds (CONTRACTS.md).
 KINDS = ("baseline", "candidate", "retest", "heldout")
 # The worker's clock: a run may take budget + allowance seconds of wall time, where the allowance is
@@ -145,7 +134,7 @@ class Worker:
         self._stopping = False
         self._closed = threading.Event()
 
-        self.journal = _JournalWriter(journal_url, campaign, name, self.workdir / "unsent-events.jsonl") \
+        self.journal = JournalWriter(journal_url, campaign, name, self.workdir / "unsent-events.jsonl") \
             if journal_url else None
         self._heartbeat_thread = None
         if self.journal is not None and heartbeat_s:
@@ -489,76 +478,6 @@ class Worker:
         # a local copy of every result: survives a journal that was down and a lost Ray reply
         with open(self.workdir / "results.jsonl", "a") as f:
             f.write(json.dumps(finished, default=str) + "\n")
-
-
-class _JournalWriter:
-    """Writes events from one thread, in order, retrying while the journal is away.
-    emit(wait=True) returns once the event is stored (or after JOURNAL_WAIT; it stays queued).
-    An event that fails JOURNAL_TRIES times is appended to `unsent` (JSON lines) instead."""
-
-    def __init__(self, url, campaign, source, unsent):
-        from journal import Event, open_journal
-        self._Event = Event
-        self.source = source
-        self.unsent = unsent
-        self.journal = open_journal(url, campaign=campaign)   # a bad URL fails here, loudly
-        self.queue = queue.Queue()
-        self.errors = 0
-        self.last_error = None
-        self._thread = threading.Thread(target=self._loop, name=f"journal-{source}", daemon=True)
-        self._thread.start()
-
-    def emit(self, type, data, wait=False, event_id=None):
-        done = threading.Event() if wait else None
-        event = self._Event(type=type, source=self.source, data=data)
-        if event_id:
-            event.id = event_id
-        self.queue.put((event, done))
-        if done is not None:
-            done.wait(JOURNAL_WAIT)
-
-    def _loop(self):
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            event, done = item
-            pause, attempt, since = 0.5, 0, None
-            while True:
-                try:
-                    self.journal.append(event)     # idempotent by event id: retrying is safe
-                    if since is not None:
-                        print(f"worker {self.source}: the journal is back after "
-                              f"{time.monotonic() - since:.0f}s; sending the kept events", file=sys.stderr)
-                    break
-                except Exception as e:
-                    self.errors += 1
-                    attempt += 1
-                    self.last_error = f"{type(e).__name__}: {e}"
-                    since = time.monotonic() if since is None else since
-                    away = isinstance(e, JournalUnavailable)
-                    if (away and time.monotonic() - since > JOURNAL_OUTAGE_S) or (not away and attempt >= JOURNAL_TRIES):
-                        with open(self.unsent, "a") as f:
-                            f.write(event.to_json() + "\n")
-                        print(f"worker {self.source}: journal write failed {attempt} times "
-                              f"({self.last_error}); {event.type} {event.id} kept in {self.unsent}",
-                              file=sys.stderr)
-                        break
-                    if attempt == 1:
-                        print(f"worker {self.source}: journal write failed ({self.last_error}); keeping "
-                              f"the events in order and retrying", file=sys.stderr)
-                    time.sleep(pause)
-                    pause = min(pause * 2, JOURNAL_RETRY_MAX)
-            if done is not None:
-                done.set()
-
-    def close(self, timeout: float = JOURNAL_WAIT):
-        self.queue.put(None)
-        self._thread.join(timeout)
-        try:
-            self.journal.close()
-        except Exception:
-            pass
 
 
 def _safe(trial_id: str) -> str:
