@@ -52,7 +52,7 @@ EVAL_TOKENS = "8192"               # a small validation set keeps each trial sho
 LEASE_S = 15                       # a silent worker loses its trial after this long
 MAX_TRIALS = 4                     # 2 baselines in parallel, then 1 baseline + 1 candidate, then the re-run
 OBJECT_STORE = "100000000"         # bytes of object store per node (bundles are small)
-CAMPAIGN_TIMEOUT = 300             # seconds for the whole campaign, at most
+CAMPAIGN_TIMEOUT = 600             # seconds for the whole campaign, at most (a loaded machine)
 # Target files copied into the research repository the campaign works on.
 TARGET_FILES = ("prepare.py", "train.py", "evaluate.py", "target.toml", "program.md")
 
@@ -459,7 +459,10 @@ def test_campaign_across_hosts_survives_a_host_cut_off(joined, tiny_data, tmp_pa
     finally:
         if coordinator.poll() is None:
             os.killpg(coordinator.pid, signal.SIGKILL)
-        time.sleep(3)     # the follower sees the last events
+        # the follower sees the last event before it is stopped
+        deadline = time.time() + 120
+        while time.time() < deadline and coordinator.returncode is not None and not of("campaign_stopped"):
+            time.sleep(0.3)
         os.killpg(follower.pid, signal.SIGTERM)
         follower.wait(timeout=30)
 

@@ -71,7 +71,7 @@ def _follow_until(url, campaign, fmt, wanted_id, write_more) -> str:
     reader = threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout])
     reader.start()
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120    # generous: a loaded machine
         while not lines and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         write_more()
