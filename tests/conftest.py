@@ -9,6 +9,7 @@ Shared test fixtures.
   .env = {AUTORESEARCH_CACHE, AUTORESEARCH_PROFILE="tiny", + blas_env()} to merge into a
   subprocess env; .cache_dir = the profile's cache dir; .cache_root; .corpus_dir.
 - prepare_module(tiny_data): the prepare module imported in-process with that environment.
+- The longest files are collected first (LONGEST_FIRST), so pytest-xdist starts them first.
 """
 
 import importlib
@@ -22,6 +23,12 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_CORPUS_DOCS = 12000  # ~6 MB of text: val/test hold ~600 documents each (> tiny EVAL_TOKENS)
+# The files that take longest (measured: summed test time, parallel run on a loaded machine), in
+# that order, run first: pytest-xdist (`--dist loadfile --no-loadscope-reorder`) hands files to its
+# workers in collection order, and the suite ends when its last long file does. Others follow.
+LONGEST_FIRST = ("test_train.py", "test_coordinator_e2e.py", "test_deploy.py", "test_worker_real.py",
+                 "test_attacks.py", "test_coordinator_campaign.py", "test_agents_actor.py", "test_prepare.py",
+                 "test_coordinator_overnight.py", "test_dashboard_live.py", "test_secrets.py", "test_journal.py")
 
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,6 +39,11 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 # The default agent is "auto": a developer's real key must never make a test call the API.
 # The Anthropic tests set their own key and point the SDK at a local stand-in.
 os.environ.pop("ANTHROPIC_API_KEY", None)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: a file's own order stays
 
 
 def blas_env():
