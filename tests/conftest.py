@@ -3,11 +3,13 @@ Shared test fixtures.
 
 - blas_env(): {"LD_PRELOAD": <OpenBLAS>} when the library exists (else {}): MLX's CPU matmuls
   go from ~6 to ~195 GFLOP/s with it. Add it to the env of every MLX *training* subprocess.
-- tiny_data (session): a synthetic corpus (tests/datagen.py) prepared once with
-  `prepare.py --profile tiny --source ...` into a tmp AUTORESEARCH_CACHE.
+- tiny_data (session): a synthetic corpus (tests/datagen.py) prepared once per run with
+  `prepare.py --profile tiny --source ...` into a tmp AUTORESEARCH_CACHE (shared by pytest-xdist's
+  workers under a file lock; tests only read it).
   .env = {AUTORESEARCH_CACHE, AUTORESEARCH_PROFILE="tiny", + blas_env()} to merge into a
   subprocess env; .cache_dir = the profile's cache dir; .cache_root; .corpus_dir.
 - prepare_module(tiny_data): the prepare module imported in-process with that environment.
+- The longest files are collected first (LONGEST_FIRST), so pytest-xdist starts them first.
 """
 
 import importlib
@@ -21,6 +23,12 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_CORPUS_DOCS = 12000  # ~6 MB of text: val/test hold ~600 documents each (> tiny EVAL_TOKENS)
+# The files that take longest (measured: summed test time, parallel run on a loaded machine), in
+# that order, run first: pytest-xdist (`--dist loadfile --no-loadscope-reorder`) hands files to its
+# workers in collection order, and the suite ends when its last long file does. Others follow.
+LONGEST_FIRST = ("test_train.py", "test_coordinator_e2e.py", "test_deploy.py", "test_worker_real.py",
+                 "test_attacks.py", "test_coordinator_campaign.py", "test_agents_actor.py", "test_prepare.py",
+                 "test_coordinator_overnight.py", "test_dashboard_live.py", "test_secrets.py", "test_journal.py")
 
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,6 +39,11 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 # The default agent is "auto": a developer's real key must never make a test call the API.
 # The Anthropic tests set their own key and point the SDK at a local stand-in.
 os.environ.pop("ANTHROPIC_API_KEY", None)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: a file's own order stays
 
 
 def blas_env():
@@ -59,18 +72,29 @@ def run_prepare(args, env_extra, timeout=300):
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
+    """Prepared once per run. Under pytest-xdist every worker process runs session fixtures, so
+    the first to take the lock prepares into the run's shared temp dir and the others wait and
+    read it (trials only read the cache; prepare.py writes each file with os.replace)."""
     from datagen import write_corpus
+    from filelock import FileLock
 
-    base = tmp_path_factory.mktemp("tiny_data")
-    corpus = write_corpus(base / "corpus", n_docs=TINY_CORPUS_DOCS, seed=0)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):       # .../pytest-N/popen-gwK: share pytest-N
+        shared = shared.parent
+    base = shared / "tiny_data"
     cache_root = base / "cache"
     env = {"AUTORESEARCH_CACHE": str(cache_root), "AUTORESEARCH_PROFILE": "tiny", **blas_env()}
-    r = run_prepare(["--profile", "tiny", "--source", str(corpus)],
-                    {k: v for k, v in env.items() if k != "LD_PRELOAD"})
-    if r.returncode != 0:
-        pytest.fail(f"prepare.py failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return TinyData(cache_root=cache_root, cache_dir=cache_root / "tiny", corpus_dir=corpus,
-                    env=env, prepare_output=r.stdout)
+    done = base / "prepare.out"     # written last: the cache is complete
+    with FileLock(str(shared / "tiny_data.lock")):
+        if not done.exists():
+            corpus = write_corpus(base / "corpus", n_docs=TINY_CORPUS_DOCS, seed=0)
+            r = run_prepare(["--profile", "tiny", "--source", str(corpus)],
+                            {k: v for k, v in env.items() if k != "LD_PRELOAD"})
+            if r.returncode != 0:
+                pytest.fail(f"prepare.py failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
+            done.write_text(r.stdout)
+    return TinyData(cache_root=cache_root, cache_dir=cache_root / "tiny", corpus_dir=base / "corpus",
+                    env=env, prepare_output=done.read_text())
 
 
 @pytest.fixture(scope="session")

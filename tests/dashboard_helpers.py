@@ -18,7 +18,7 @@ import requests
 from chromium import Chromium
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-START_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 120.0   # a loaded machine
 URL_RE = re.compile(r"http://(\S+?):(\d+)/(\?token=([A-Za-z0-9_-]+))?")
 
 

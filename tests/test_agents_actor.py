@@ -24,6 +24,7 @@ from coordinator.config import load_config
 
 KEY = "sk-standin-actor-0123456789"
 SYNTH_ENV = {"AUTORESEARCH_SYNTH_SLEEP": "0.3"}
+UNTIL = "600s"    # a campaign's safety stop, far beyond what its trials need on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_model_backend_runs_as_a_ray_actor(ray_with_key, tmp_path):
     model = ResearchModel()
     with StandIn(responder=model, delay_s=0.2) as api:
         cfg = config(repo, "actor", api, workers=2, max_trials=30, baseline_trials=2, buffer=4, agent_threads=4,
-                     analyst_every=3, smoke=False, heldout=False, until="120s")
+                     analyst_every=3, smoke=False, heldout=False, until=UNTIL)
         camp = Campaign(cfg, log=lambda m: None)
         reason = camp.run()
     assert reason == "reached --max-trials 30"
@@ -106,7 +107,7 @@ def test_without_the_key_on_the_ray_node_the_agents_run_in_the_coordinator(ray_w
     logs = []
     with StandIn(responder=ResearchModel()) as api:
         cfg = config(repo, "nokey", api, workers=1, max_trials=10, baseline_trials=2, smoke=False, heldout=False,
-                     analyst_every=0, until="90s")
+                     analyst_every=0, until=UNTIL)
         cfg.agents["anthropic"]["api_key_env"] = "SWARM_TEST_LATE_KEY"
         camp = Campaign(cfg, log=logs.append)
         reason = camp.run()
@@ -189,7 +190,7 @@ def test_a_crashing_implementation_goes_back_to_the_model_with_its_log(ray_with_
 
     with StandIn(responder=responder) as api:
         cfg = config(repo, "fix", api, workers=1, max_trials=12, baseline_trials=2, buffer=2, agent_threads=2,
-                     analyst_every=0, smoke=True, heldout=False, until="120s")
+                     analyst_every=0, smoke=True, heldout=False, until=UNTIL)
         reason = Campaign(cfg, log=lambda m: None).run()
         requests = list(api.requests)
     assert reason == "reached --max-trials 12"

@@ -24,6 +24,7 @@ from swarm.cli import render_status
 from coordinator.config import load_config
 
 SYNTH_ENV = {"AUTORESEARCH_SYNTH_SLEEP": "0.3"}   # a trial "trains" this long
+UNTIL = "600s"    # a campaign's safety stop, far beyond what its trials need on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_stuck_agent_does_not_stop_the_workers(ray_local, tmp_path):
     repo = make_repo(tmp_path / "repo")
     proposer, implementer = GatedProposer(), MeteredImplementer()
     cfg = config(repo, "ahead", workers=2, max_trials=8, baseline_trials=2, buffer=6, agent_threads=4,
-                 analyst_every=3, smoke=False, heldout=False, until="90s")
+                 analyst_every=3, smoke=False, heldout=False, until=UNTIL)
     try:
         reason = Campaign(cfg, agent=(proposer, implementer), log=lambda m: None).run()
     finally:

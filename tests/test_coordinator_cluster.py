@@ -16,6 +16,8 @@ from coordinator.campaign import Campaign
 from swarm.cli import main as swarm
 from coordinator.config import load_config
 
+WAIT_S = 300    # generous deadline of every condition waited on (a loaded machine, tests in parallel)
+
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -40,8 +42,9 @@ def _parent(pid: int) -> int | None:
         return None
 
 
-def _trial_process(worker: str) -> int | None:
-    """pid of the synthetic train.py a worker runs now (its clone is .../<worker>/repo)."""
+def _trial_process(clone: Path) -> int | None:
+    """pid of the synthetic train.py a worker runs now in its clone `clone` (the full path: other
+    campaigns on this machine, a parallel test's or a bench's, have a w1/repo too)."""
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
@@ -49,14 +52,14 @@ def _trial_process(worker: str) -> int | None:
                 cwd = os.readlink(f"/proc/{pid}/cwd")
             except OSError:
                 continue
-            if b"train.py" in cmd and cwd.endswith(f"/{worker}/repo"):
+            if b"train.py" in cmd and cwd == str(clone):
                 return int(pid)
     return None
 
 
-def node_running(nodes, worker: str):
-    """The cluster node whose raylet is an ancestor of the worker's trial process."""
-    pid = _trial_process(worker)
+def node_running(nodes, clone: Path):
+    """The cluster node whose raylet is an ancestor of the trial process running in `clone`."""
+    pid = _trial_process(clone)
     raylets = {n.all_processes["raylet"][0].process.pid: n for n in nodes}
     while pid and pid > 1:
         if pid in raylets:
@@ -80,34 +83,37 @@ def _recovered(evs) -> bool:
 def test_node_removed_mid_trial_and_a_node_joining(cluster, tmp_path):
     c, nodes = cluster
     repo = make_repo(tmp_path / "repo")
+    # the clones in this test's folder: with an address they default to ~/.autoresearch-swarm,
+    # which another run of the suite on this machine shares
     cfg = load_config({"repo": str(repo), "campaign": "nodes", "address": c.address, "poll_s": 0.2,
-                       "env": {"AUTORESEARCH_SYNTH_SLEEP": "3"}}, environ={})
+                       "workdir": str(tmp_path / "workers"), "env": {"AUTORESEARCH_SYNTH_SLEEP": "3"}},
+                      environ={})
     logs, out = [], {}
     runner = threading.Thread(target=lambda: out.setdefault("reason", Campaign(cfg, log=logs.append).run()))
     runner.start()
     try:
-        deadline = time.time() + 150
+        deadline = time.time() + WAIT_S
         victim = None
         while time.time() < deadline and victim is None:
             if os.path.exists(repo / ".swarm" / "journal.db"):
                 busy = {ev.data["worker"] for ev in events_of(repo, "nodes") if ev.type == "trial_progress"}
                 if {"w1", "w2"} <= busy:
-                    victim = node_running(nodes, "w1")
+                    victim = node_running(nodes, cfg.workdir_path / "w1" / "repo")
             time.sleep(0.2)
         assert victim is not None, f"w1 never ran a trial on a node: {logs[-10:]}"
         c.remove_node(victim)
         nodes.remove(victim)
         nodes.append(c.add_node(num_cpus=1, resources={"mlx": 1}))     # a Mac joins later
-        deadline = time.time() + 180
+        deadline = time.time() + WAIT_S
         while time.time() < deadline and not _recovered(events_of(repo, "nodes")):
             time.sleep(0.5)
         assert _recovered(events_of(repo, "nodes")), f"no recovery after the node loss: {logs[-15:]}"
         assert swarm(["stop", "--repo", str(repo)]) == 0
-        runner.join(60)
+        runner.join(WAIT_S)
     finally:
         if runner.is_alive():
             swarm(["stop", "--repo", str(repo)])
-            runner.join(60)
+            runner.join(WAIT_S)
     assert out.get("reason", "").startswith("stop requested"), logs[-10:]
 
     evs = events_of(repo, "nodes")

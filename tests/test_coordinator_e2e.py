@@ -20,6 +20,10 @@ from journal.views import replay
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 TARGET_FILES = ("train.py", "prepare.py", "evaluate.py", "target.toml", "program.md")
+# Start-up seconds a trial may take on top of its budget until the worker has measured one (the
+# target's `grace`): generous, as this test is about the path, not the clock, and on a loaded
+# machine a 4 s trial has taken over 120 s to start.
+GRACE_S = 900
 
 
 def test_real_training_campaign(tiny_data, tmp_path):
@@ -27,6 +31,8 @@ def test_real_training_campaign(tiny_data, tmp_path):
     if ray.is_initialized():          # another module's session: the campaign starts its own local Ray
         ray.shutdown()
     repo = make_repo(tmp_path / "repo", files=TARGET_FILES, source=REPO_ROOT)
+    (repo / "target.toml").write_text((REPO_ROOT / "target.toml").read_text() + f"grace = {GRACE_S}\n")
+    git(repo, "commit", "-qam", "a generous start-up grace")
     env = {k: v for k, v in tiny_data.env.items() if k != "LD_PRELOAD"}   # the worker preloads OpenBLAS
     env["AUTORESEARCH_EVAL_TOKENS"] = "4096"                                # a short eval keeps CI fast
     cfg = load_config({"repo": str(repo), "campaign": "e2e", "workers": 1, "time_budget": 4, "smoke": False,

@@ -15,7 +15,7 @@ from coordinator.campaign import Campaign, CampaignError
 from coordinator.state import CampaignState
 from journal import Event
 
-WAIT_S = 180           # generous deadline of every condition waited on (a loaded machine)
+WAIT_S = 300           # generous deadline of every condition waited on (a loaded machine, tests in parallel)
 
 
 def wait_for(cond, what, timeout=WAIT_S):
@@ -70,7 +70,7 @@ def test_a_second_coordinator_is_refused_and_resume_keeps_the_worker_count(ray_l
     finally:
         from swarm.cli import main as swarm
         swarm(["stop", "--repo", str(repo), "--campaign", "own1", "--reason", "test"])
-        first.join(120)
+        first.join(WAIT_S)
     assert not first.is_alive() and out["reason"] == "stop requested (test)"
     before = events_of(repo, "own1")
     leases = [ev.data for ev in of_type(before, "coordinator_lease")]

@@ -152,7 +152,7 @@ def test_new_journal_event_reaches_a_connected_client(dash, journal_path):
     stream.close()
     assert msg["version"] > hello["version"]
     assert wait_for("the note in the snapshot",
-                    lambda: any(n["title"] == "seen live" for n in dash.state()["notes"]), timeout=30)
+                    lambda: any(n["title"] == "seen live" for n in dash.state()["notes"]))
 
 
 def test_stop_needs_the_token(dash):
@@ -219,7 +219,7 @@ def test_empty_journal_shows_no_campaign_yet_then_the_first_one(tmp_path):
         assert re.search(r'<section id="empty" class="empty">\s*<h2>no campaign yet</h2>', dom)
         with open_journal(path, campaign="first") as j:
             j.emit("campaign_started", source="test", config={}, target={})
-        assert wait_for("the new campaign", lambda: d.state()["campaign"] == "first", timeout=30)
+        assert wait_for("the new campaign", lambda: d.state()["campaign"] == "first")
 
 
 # -- pieces without a server -----------------------------------------------------------------
@@ -264,7 +264,7 @@ def test_state_sends_only_the_sections_that_moved(dash, journal_path):
     with open_journal(journal_path, campaign="demo") as j:
         j.emit("lab_note", source="test", author="test", title="moved", text="only the notes moved")
     moved = wait_for("the note", lambda: (lambda s: s if s["notes"] else None)(
-        dash.get("/api/state", params={"have": have}).json()), timeout=30)
+        dash.get("/api/state", params={"have": have}).json()))
     assert moved["notes"][-1]["title"] == "moved" and moved["hypotheses"] is None and moved["tracks"][0] is None
 
 

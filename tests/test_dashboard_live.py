@@ -66,7 +66,7 @@ def test_state_follows_the_journal(live):
     wait_for("a finished trial", lambda: of_type(journal_events(live), "trial_finished"))
     events = journal_events(live)
     s = wait_for("the dashboard to catch up", lambda: (lambda s: s if s["events"] >= len(events) else None)(
-        live.dash.state()), timeout=30)
+        live.dash.state()))
     v = replay(events)
     assert s["campaign"] == TAG and s["running"]
     track = s["tracks"][0]
@@ -104,7 +104,7 @@ def test_a_candidate_opens_with_its_diff(live):
     created = wait_for("a candidate", lambda: of_type(journal_events(live), "candidate_created"), timeout=240)[0]
     hid = created.data["hypothesis_id"]
     got = wait_for("its detail", lambda: (lambda r: r.json() if r.status_code == 200 else None)(
-        live.dash.get(f"/api/hypothesis/{hid}")), timeout=30)
+        live.dash.get(f"/api/hypothesis/{hid}")))
     c = got["candidates"][0]
     assert c["diff_source"] == "journal" and c["diff"] == created.data["diff"]
     assert '<span class="gi">+' in c["diff_html"]
@@ -137,4 +137,4 @@ def test_stop_button_stops_the_campaign_like_swarm_stop(live):
     assert live.out["reason"].startswith("stop requested (stop button of the dashboard")
     stop = of_type(journal_events(live), "stop_requested")[-1]
     assert "@" in stop.source and stop.data["reason"].startswith("stop button of the dashboard")
-    wait_for("the page to show it stopped", lambda: not live.dash.state()["running"], timeout=30)
+    wait_for("the page to show it stopped", lambda: not live.dash.state()["running"])

@@ -71,14 +71,14 @@ def test_openblas():
         assert doctor.check_openblas("cpu")[0] is True
         code = "from swarm.doctor import check_openblas; print(check_openblas('cpu')[1])"
         out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
-                             env={**os.environ, "LD_PRELOAD": real}, timeout=120).stdout
+                             env={**os.environ, "LD_PRELOAD": real}, timeout=300).stdout
         assert "preloaded here" in out
 
 
 def test_data_fingerprint(tiny_data, tmp_path):
     env = {**os.environ, **tiny_data.env}
     fp = json.loads(subprocess.run([sys.executable, "prepare.py", "--fingerprint"], cwd=REPO_ROOT, env=env,
-                                   capture_output=True, text=True, timeout=120).stdout.splitlines()[-1])
+                                   capture_output=True, text=True, timeout=300).stdout.splitlines()[-1])
     ok, detail, fix = doctor.check_data(REPO_ROOT, None, env=env)
     assert ok is True and f"fingerprint {fp['fingerprint'][:12]}" in detail and "profile tiny" in detail
     ok, detail, fix = doctor.check_data(REPO_ROOT, fp["fingerprint"], env=env)

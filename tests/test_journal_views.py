@@ -254,7 +254,7 @@ def test_cli_follow_prints_new_events_as_they_arrive(tmp_path):
         reader = threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout])
         reader.start()
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120    # generous: a loaded machine
             while not lines and time.monotonic() < deadline:
                 time.sleep(0.05)
             later = [j.emit("trial_progress", source="w", step=i) for i in range(3)]

@@ -40,7 +40,7 @@ def _write_parquet(path, docs, row_group_size=256):
     pq.write_table(pa.table({"text": pa.array(docs, type=pa.string())}), path, row_group_size=row_group_size)
 
 
-def _run_py(code, env_extra, timeout=120):
+def _run_py(code, env_extra, timeout=300):
     env = {**os.environ, **env_extra}
     env.pop("AUTORESEARCH_EVAL_TOKENS", None)
     return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True,

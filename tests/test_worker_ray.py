@@ -23,8 +23,8 @@ def test_worker_as_ray_actor(tmp_path):
     ray.init(address="local", num_cpus=1, resources={"mlx": 1}, include_dashboard=False, log_to_driver=False)
     try:
         actor = remote_class().remote("ray-1", str(tmp_path / "w"), campaign="raytest", heartbeat_s=0)
-        ray.get(actor.load_repo.remote(make_full_bundle(path)), timeout=120)
-        info = ray.get(actor.info.remote(), timeout=60)
+        ray.get(actor.load_repo.remote(make_full_bundle(path)), timeout=300)
+        info = ray.get(actor.info.remote(), timeout=300)
         assert info["name"] == "ray-1" and info["data_fingerprint"] == STUB_FP and info["problem"] is None
 
         # the one `mlx` resource is taken: a second worker actor cannot be placed on this node
@@ -40,14 +40,14 @@ def test_worker_as_ray_actor(tmp_path):
         # a dict spec works too; abort() answers while run_trial() is busy
         spec = candidate(path, base, {"train.py": SLEEPER}, smoke=False, time_budget=600)
         running = actor.run_trial.remote({k: v for k, v in vars(spec).items()})
-        deadline = time.monotonic() + 60
-        while ray.get(actor.heartbeat.remote(), timeout=30).get("phase") != "train":
+        deadline = time.monotonic() + 120    # generous: a loaded machine
+        while ray.get(actor.heartbeat.remote(), timeout=120).get("phase") != "train":
             assert time.monotonic() < deadline, "the trial never reached the train phase"
             time.sleep(0.1)
-        assert ray.get(actor.abort.remote(spec.trial_id), timeout=30) is True
-        aborted = ray.get(running, timeout=60)
+        assert ray.get(actor.abort.remote(spec.trial_id), timeout=120) is True
+        aborted = ray.get(running, timeout=300)
         assert aborted.status == "aborted" and aborted.trial_id == spec.trial_id
 
-        assert ray.get(actor.stop.remote(graceful=True), timeout=60) is True
+        assert ray.get(actor.stop.remote(graceful=True), timeout=300) is True
     finally:
         ray.shutdown()

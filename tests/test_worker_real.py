@@ -34,7 +34,7 @@ def research(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fingerprint(tiny_data):
     p = subprocess.run([sys.executable, "prepare.py", "--fingerprint"], cwd=REPO_ROOT, capture_output=True,
-                       text=True, env={"PATH": "/usr/bin:/bin", **tiny_data.env}, timeout=120)
+                       text=True, env={"PATH": "/usr/bin:/bin", **tiny_data.env}, timeout=300)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout.strip().splitlines()[-1])
 
