@@ -915,6 +915,7 @@ NVIDIA_TFLOPS = [
     ("RTX 3090", (71.0, 35.6)), ("V100", (125.0, 15.7)), ("T4", (65.0, 8.1)),
 ]
 _MEASURED_PEAK = {}
+PEAK_FLOPS_FILE = "peak_flops.json"   # in CACHE_DIR: the matmul peak measured once by prepare.py (MFU only)
 
 
 def _device_info():
@@ -975,11 +976,34 @@ def get_peak_flops(dtype=mx.float32):
         if found:
             return found
     key = (str(dtype), name)
+    when = "at prepare"
     if key not in _MEASURED_PEAK:
-        _MEASURED_PEAK[key] = _measure_matmul_flops(dtype)
+        _MEASURED_PEAK[key] = _stored_peak_flops().get(f"{key[0]}|{key[1]}")
+    if not _MEASURED_PEAK[key]:
+        _MEASURED_PEAK[key], when = _measure_matmul_flops(dtype), "now"
     flops, n = _MEASURED_PEAK[key]
     backend = "cpu" if mx.default_device().type == mx.cpu else "gpu, not in table"
-    return flops, f"measured: best {n}x{n} {dtype} matmul on {backend} ({name})"
+    return flops, f"measured {when}: best {n}x{n} {dtype} matmul on {backend} ({name})"
+
+
+def _stored_peak_flops():
+    try:
+        with open(os.path.join(CACHE_DIR, PEAK_FLOPS_FILE)) as f:
+            return {k: tuple(v) for k, v in json.load(f).items()}
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def store_peak_flops():
+    """Measure this machine's matmul peak for the training dtype once, so no training process spends
+    its start-up on it (MFU is for display only; it never changes the metric)."""
+    dtype = mx.bfloat16 if mx.default_device().type == mx.gpu else mx.float32
+    flops, how = get_peak_flops(dtype)
+    if "measured" in how:
+        info = _device_info()
+        name = str(info.get("device_name", "")) or platform.processor() or platform.machine()
+        _write_json(os.path.join(CACHE_DIR, PEAK_FLOPS_FILE), {f"{dtype}|{name}": list(_MEASURED_PEAK[(str(dtype), name)])})
+    print(f"Peak FLOP/s for MFU: {flops:.3e} ({how})")
 
 # ---------------------------------------------------------------------------
 # Evaluation (DO NOT CHANGE — this is the fixed metric)
@@ -1134,6 +1158,7 @@ def main(argv=None):
 
     # Step 3: evaluation rows, tokenized once; refuse data too small for a meaningful val_bpb
     tokenize_eval_rows()
+    store_peak_flops()
     print()
 
     # Step 4: profile record + fingerprint

@@ -71,6 +71,42 @@ def share_at(parts, budget, new_budget):
     return training / (parts["total"] + (new_budget - budget))
 
 
+# Start-up of a training process, part by part (the same calls as train.py, in its order).
+STARTUP_CODE = r"""
+import time; t0 = time.perf_counter(); marks = []
+def mark(name): marks.append((name, time.perf_counter()))
+import mlx.core as mx, mlx.nn as nn; mark("import mlx")
+import prepare; mark("import prepare (pyarrow, tiktoken, rustbpe)")
+import train; mark("import train (model code)")
+tok = prepare.Tokenizer.from_directory(); mark("tokenizer")
+cfg = train.build_model_config(train.DEPTH, tok.get_vocab_size())
+model = train.GPT(cfg); model.init_weights(); mx.eval(model.parameters()); mark("model build + init")
+prepare.get_peak_flops(train.COMPUTE_DTYPE); mark("peak FLOPs (read from the cache)")
+opt = model.setup_optimizer(); mark("optimizer")
+B = min(train.DEVICE_BATCH_SIZE, max(1, train.TOTAL_BATCH_SIZE // prepare.MAX_SEQ_LEN))
+loader = prepare.make_dataloader(tok, B, prepare.MAX_SEQ_LEN, "train"); x, y, _ = next(loader); mark("data loader, first batch")
+lg = nn.value_and_grad(model, lambda m, a, b: m(a, b))
+loss, g = lg(model, x, y); opt.update(model, g); mx.eval(model.parameters(), opt.state); mark("one micro-batch step (warm-up)")
+prev = t0
+for name, t in marks:
+    print(f"{name}	{t - prev:.3f}"); prev = t
+"""
+
+
+def startup_parts(env, src):
+    """Seconds of each start-up part of a training process (python start measured apart)."""
+    from worker.runner import clean_env
+    full = {**os.environ, **clean_env(env)}
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], env=full, check=True)
+    parts = [("python start", time.perf_counter() - t)]
+    p = subprocess.run([sys.executable, "-c", STARTUP_CODE], cwd=src, env=full, capture_output=True, text=True)
+    if p.returncode:
+        sys.exit(f"start-up measurement failed:\n{p.stderr[-2000:]}")
+    parts += [(n, float(v)) for n, v in (line.split("\t") for line in p.stdout.strip().splitlines())]
+    return parts
+
+
 def run_profile(profile, budget, n_trials, tmp: Path):
     cache = tmp / "cache"
     env = {"AUTORESEARCH_CACHE": str(cache), "AUTORESEARCH_PROFILE": profile}
@@ -90,6 +126,8 @@ def run_profile(profile, budget, n_trials, tmp: Path):
                                   time_budget=budget, smoke=False))
     if first.status != "ok":
         sys.exit(f"[{profile}] baseline: {first.status} {first.reason}\n{first.log_tail}")
+    parts = startup_parts(env, src)
+    print(f"[{profile}] start-up parts: " + ", ".join(f"{n} {v:.2f}s" for n, v in parts), flush=True)
     rows = []
     for i in range(n_trials):
         spec = candidate(src, base, {"train.py": files["train.py"] + f"\n# candidate {i}\n"}, seed=i + 1,

@@ -717,3 +717,13 @@ def test_peak_flops_tables(prepare_module):
     assert t("NVIDIA GeForce RTX 4090", mx.bfloat16, "Linux")[0] == pytest.approx(165.2e12)
     assert t("NVIDIA H200", mx.bfloat16, "Linux")[0] == pytest.approx(989e12)
     assert t("Some Unknown GPU", mx.float32, "Linux") is None
+
+
+def test_peak_flops_come_from_the_prepared_cache(prepare_module, monkeypatch):
+    """prepare.py measured the matmul peak once: a training process reads it instead of measuring."""
+    assert (Path(prepare_module.CACHE_DIR) / prepare_module.PEAK_FLOPS_FILE).exists()
+    monkeypatch.setattr(prepare_module, "_MEASURED_PEAK", {})
+    monkeypatch.setattr(prepare_module, "_measure_matmul_flops",
+                        lambda dtype, budget_s=0.5: pytest.fail("measured again at start-up"))
+    flops, how = prepare_module.get_peak_flops(mx.float32)
+    assert flops > 1e8 and how.startswith("measured at prepare") and "cpu" in how
