@@ -290,7 +290,7 @@ class Worker:
         timings["journal"] += self._emit("trial_finished", finished, wait=True,
                                          event_id=result_event_id(spec.trial_id))
         self._keep_result(finished)
-        timings["total"] = time.monotonic() - t0
+        accounting.close(timings, time.monotonic() - t0)     # the returned copy counts that last write too
         return result
 
     def _execute(self, spec: TrialSpec, budget, log_path: Path, timings: dict) -> TrialResult:
