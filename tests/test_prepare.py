@@ -719,11 +719,28 @@ def test_peak_flops_tables(prepare_module):
     assert t("Some Unknown GPU", mx.float32, "Linux") is None
 
 
-def test_peak_flops_come_from_the_prepared_cache(prepare_module, monkeypatch):
-    """prepare.py measured the matmul peak once: a training process reads it instead of measuring."""
-    assert (Path(prepare_module.CACHE_DIR) / prepare_module.PEAK_FLOPS_FILE).exists()
-    monkeypatch.setattr(prepare_module, "_MEASURED_PEAK", {})
-    monkeypatch.setattr(prepare_module, "_measure_matmul_flops",
+def test_peak_flops_come_from_the_prepared_cache(prepare_module, monkeypatch, tmp_path):
+    """prepare.py measured the matmul peak once (tiny_data ran it without OpenBLAS preloaded): a
+    process in the same environment reads it instead of measuring; one with OpenBLAS does not use it,
+    measures its own and stores it beside (a worker's --fingerprint does that once)."""
+    prepare = prepare_module
+    assert (Path(prepare.CACHE_DIR) / prepare.PEAK_FLOPS_FILE).exists()
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setattr(prepare, "_MEASURED_PEAK", {})
+    monkeypatch.setattr(prepare, "_measure_matmul_flops",
                         lambda dtype, budget_s=0.5: pytest.fail("measured again at start-up"))
-    flops, how = prepare_module.get_peak_flops(mx.float32)
-    assert flops > 1e8 and how.startswith("measured at prepare") and "cpu" in how
+    flops, how = prepare.get_peak_flops(mx.float32)
+    assert flops > 1e8 and how.startswith("measured once for this machine") and "cpu" in how
+
+    plain_key = prepare._peak_key(mx.float32, how[how.rindex("(") + 1:-1])
+    (tmp_path / prepare.PEAK_FLOPS_FILE).write_text(json.dumps({plain_key: [5e9, 256]}))
+    monkeypatch.setattr(prepare, "CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(prepare, "_MEASURED_PEAK", {})
+    assert prepare.get_peak_flops(mx.float32)[0] == 5e9
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0")
+    monkeypatch.setattr(prepare, "_MEASURED_PEAK", {})
+    monkeypatch.setattr(prepare, "_measure_matmul_flops", lambda dtype, budget_s=0.5: (123e9, 1024))
+    flops, how = prepare.store_peak_flops()
+    assert (flops, how.startswith("measured now")) == (123e9, True)
+    stored = json.loads((tmp_path / prepare.PEAK_FLOPS_FILE).read_text())
+    assert stored == {plain_key: [5e9, 256], plain_key + "|openblas": [123e9, 1024]}
