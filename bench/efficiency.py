@@ -104,7 +104,7 @@ def startup_parts(env, src):
     p = subprocess.run([sys.executable, "-c", STARTUP_CODE], cwd=src, env=full, capture_output=True, text=True)
     if p.returncode:
         sys.exit(f"start-up measurement failed:\n{p.stderr[-2000:]}")
-    parts += [(n, float(v)) for n, v in (line.split("\t") for line in p.stdout.strip().splitlines())]
+    parts += [(n, float(v)) for n, v in (line.split("\t") for line in p.stdout.splitlines() if "\t" in line)]
     return parts
 
 

@@ -86,3 +86,15 @@ def test_the_training_share_per_worker_reaches_the_lab_journal(lab, research, ho
     row = next(line for line in md.splitlines() if line.startswith("| attack |"))
     assert f"| {100 * w['training_share']:.1f}% |" in row
     assert "accelerator time" in export.table_text(state)
+
+
+def test_the_evaluation_batch_grows_only_under_trainings_peak_memory():
+    from evaluate import MEMORY_MARGIN, eval_batch_size
+
+    mb = 2**20
+    assert MEMORY_MARGIN <= 1
+    assert eval_batch_size(8, 32, 0, 20 * mb, 8 * mb) == 8          # no training peak recorded: its micro-batch
+    assert eval_batch_size(8, 32, 412 * mb, 21 * mb, 8 * mb) == 32  # room for 38 rows: the profile's cap
+    assert eval_batch_size(8, 32, 200 * mb, 21 * mb, 8 * mb) == 17  # (0.8 x 200 - 21) / 8 rows fit
+    assert 21 * mb + 17 * 8 * mb <= MEMORY_MARGIN * 200 * mb
+    assert eval_batch_size(8, 32, 50 * mb, 21 * mb, 8 * mb) == 8    # never below training's own micro-batch
