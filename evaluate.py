@@ -14,7 +14,9 @@ Usage:
     uv run evaluate.py --checkpoint DIR                   # prints val_bpb
     uv run evaluate.py --checkpoint DIR --split test      # the held-out split
 The swarm's worker adds --result FILE: one JSON record, written once, in a folder that the
-training process never had. Its smoke run scores fewer tokens (AUTORESEARCH_EVAL_TOKENS, as in prepare.py).
+training process never had. The rows are the ones prepare.py tokenized once (eval/<split>.npy):
+nothing is tokenized here, and the batch grows (up to EVAL_BATCH_SIZE) while the evaluator's memory
+stays under training's peak (eval_batch_size). Its smoke run scores fewer tokens (AUTORESEARCH_EVAL_TOKENS, as in prepare.py).
 """
 
 import argparse
@@ -37,6 +39,9 @@ PROBE_ROWS = 1
 PROBE_RTOL = 1e-3
 # Exit code when the probe fails (distinct from a crash: the model is wrong, not broken).
 NOT_CAUSAL_EXIT = 4
+# Share of training's peak memory (the checkpoint's peak_memory_mb) the evaluator's batch may fill:
+# the batch is the largest up to EVAL_BATCH_SIZE whose memory, extrapolated from the probe's, stays under it.
+MEMORY_MARGIN = 0.8
 # Files a checkpoint folder holds (written by train.py's save_checkpoint).
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -60,6 +65,17 @@ def causality_probe(forward, rows, vocab_size, seed=0):
     return diff, tol, p
 
 
+def eval_batch_size(min_batch, cap, train_peak, base, per_row):
+    """Rows per forward pass: as many as fit in MEMORY_MARGIN of training's peak memory (train_peak
+    bytes; base = the model's own memory, per_row = the probe's memory per row), at most cap, and
+    never fewer than training's micro-batch (a forward pass of it always fits where its training
+    step did). Bigger batches keep the CPU's matmuls busier."""
+    if train_peak <= 0 or per_row <= 0:
+        return min_batch
+    fits = int((MEMORY_MARGIN * train_peak - base) // per_row)
+    return max(min_batch, min(cap, fits))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Score a saved model: val_bpb computed here, not by the model.")
     parser.add_argument("--checkpoint", required=True, help="folder train.py --checkpoint wrote")
@@ -74,11 +90,12 @@ def main(argv=None):
     # -- the metric's inputs, before any candidate code runs
     with open(os.path.join(args.checkpoint, META_FILE)) as f:
         meta = json.load(f)
-    tokenizer = prepare.Tokenizer.from_directory()
     token_bytes = prepare.get_token_bytes()
-    rows = prepare.eval_rows(tokenizer, args.split)
+    rows = prepare.eval_rows(None, args.split)    # tokenized once by prepare.py: no tokenizer here
     score = prepare.bpb_of_rows          # bound now: candidate code may rebind prepare's names later
-    batch_size = min(int(meta.get("eval_batch_size") or prepare.EVAL_BATCH_SIZE), prepare.EVAL_BATCH_SIZE)
+    cap = prepare.EVAL_BATCH_SIZE
+    min_batch = max(1, min(int(meta.get("eval_batch_size") or cap), cap))   # training's own micro-batch
+    train_peak = float(meta.get("peak_memory_mb") or 0) * 2**20
     t_data = time.time()
 
     # -- the candidate's model: its code, its weights, asked for logits only
@@ -94,7 +111,10 @@ def main(argv=None):
 
     t_model = time.time()
 
+    base = mx.get_active_memory()
+    mx.reset_peak_memory()
     diff, tol, p = causality_probe(forward, rows, token_bytes.shape[0])
+    batch_size = eval_batch_size(min_batch, cap, train_peak, base, (mx.get_peak_memory() - base) / (2 * PROBE_ROWS))
     t_probe = time.time()
     record = {"split": args.split, "tokens": int(rows.shape[0] * (rows.shape[1] - 1)), "rows": int(rows.shape[0]),
               "probe": {"position": p, "max_change": diff, "tolerance": tol}}
@@ -112,7 +132,10 @@ def main(argv=None):
     record["seconds"] = {"data": round(t_data - t0, 3), "model": round(t_model - t_data, 3),
                          "probe": round(t_probe - t_model, 3), "eval": round(t_end - t_probe, 3),
                          "total": round(t_end - t0, 3)}
+    record["batch_size"] = batch_size
+    record["tokens_per_second"] = round(record["tokens"] / max(t_end - t_probe, 1e-9), 1) if code == 0 else None
     record["peak_memory_mb"] = round(mx.get_peak_memory() / 2**20, 1)
+    record["train_peak_memory_mb"] = round(train_peak / 2**20, 1) or None
     if out is not None:
         json.dump(record, out)
         out.close()

@@ -32,9 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import rustbpe
 import tiktoken
 import mlx.core as mx
 
@@ -76,6 +74,11 @@ DOWNLOAD_CHUNK = 1 << 16         # bytes per write; a dropped connection loses a
 SPLIT_FRACTIONS = (90, 5, 5)     # local source: percent of documents in train / val / test (by content hash)
 LOCAL_ROWS_PER_SHARD = 50_000    # local source: documents per parquet shard
 LOCAL_ROW_GROUP = 1024           # local source: documents per row group (unit of the seeded shuffle)
+PIECE_CHARS_PER_TOKEN = 3        # local source: a document longer than MAX_SEQ_LEN * this many characters
+                                 # (about a row of tokens) is cut into pieces of at most that size, at
+                                 # paragraph, then line boundaries: packing starts every row at a document's
+                                 # beginning and crops the rest, so a folder of books would give few distinct rows
+TRAIN_COUNT_CAP = 64             # train tokens are counted (for the distinct-rows line) up to this many x EVAL_TOKENS
 DOC_BUFFER = 1000                # dataloader: documents kept tokenized for best-fit packing
 TOKENIZER_BATCH = 128            # dataloader: documents per encode_ordinary_batch call
 PREFETCH_BATCHES = 4             # dataloader: batches the background thread may run ahead
@@ -90,7 +93,7 @@ BOS_TOKEN = "<|reserved_0|>"
 def _set_profile(name):
     """Select a profile: sets the module constants train.py imports. Unknown name -> clear exit."""
     global PROFILE, MAX_SEQ_LEN, VOCAB_SIZE, TIME_BUDGET, EVAL_TOKENS, EVAL_BATCH_SIZE, TOKENIZER_MAX_CHARS
-    global CACHE_DIR, DATA_DIR, TOKENIZER_DIR
+    global CACHE_DIR, DATA_DIR, TOKENIZER_DIR, EVAL_DIR
     if name not in PROFILES:
         raise SystemExit(f"error: unknown profile {name!r} (AUTORESEARCH_PROFILE / --profile); "
                          f"choose one of: {', '.join(PROFILES)}")
@@ -109,6 +112,7 @@ def _set_profile(name):
     CACHE_DIR = os.path.join(CACHE_ROOT, name)
     DATA_DIR = os.path.join(CACHE_DIR, "data")
     TOKENIZER_DIR = os.path.join(CACHE_DIR, "tokenizer")
+    EVAL_DIR = os.path.join(CACHE_DIR, "eval")   # the evaluation rows, tokenized once (tokenize_eval_rows)
 
 
 _set_profile(os.environ.get("AUTORESEARCH_PROFILE") or "default")
@@ -354,6 +358,36 @@ def split_documents(docs):
     return out
 
 
+def cut_document(text, max_chars, separators=("\n\n", "\n")):
+    """Pieces of at most max_chars characters whose concatenation is `text`: whole paragraphs
+    where they fit, a paragraph too long for a piece is cut at line ends, a line too long at
+    max_chars. Separators stay at the end of the piece they close."""
+    if len(text) <= max_chars:
+        return [text]
+    if not separators:
+        return [text[i:i + max_chars] for i in range(0, len(text), max_chars)]
+    sep = separators[0]
+    parts = text.split(sep)
+    units = [u + sep for u in parts[:-1]] + [parts[-1]]
+    pieces, current = [], ""
+    for u in units:
+        if len(current) + len(u) > max_chars and current:
+            pieces.append(current)
+            current = ""
+        if len(u) > max_chars:
+            pieces += cut_document(u, max_chars, separators[1:])
+        else:
+            current += u
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def cut_documents(docs, max_chars):
+    """Every document as pieces of at most max_chars (cut_document); whitespace-only pieces are dropped."""
+    return [p for d in docs for p in cut_document(d, max_chars) if p.strip()]
+
+
 def _source_id(source_dir):
     """Identity of a local corpus: file names, sizes and mtimes (cheap; changes retrigger the split)."""
     h = hashlib.sha256()
@@ -366,14 +400,17 @@ def _source_id(source_dir):
 def prepare_local(source_dir):
     """Split a local corpus into parquet shards + manifest (skipped when already done for this corpus)."""
     source_dir = os.path.abspath(source_dir)
-    sid = _source_id(source_dir)
+    piece_chars = MAX_SEQ_LEN * PIECE_CHARS_PER_TOKEN
+    sid = f"{_source_id(source_dir)}:pieces{piece_chars}"   # a new cut re-splits and retrains the tokenizer
     manifest = _read_manifest(required=False)
     if manifest and manifest.get("source_id") == sid and all(
             os.path.exists(os.path.join(DATA_DIR, f)) for s in ("train", "val", "test") for f in manifest[s]):
         print(f"Data: local corpus already split at {DATA_DIR}")
         return
     print(f"Data: splitting local corpus {source_dir} ...")
-    splits = split_documents(iter_source_documents(source_dir))
+    # whole documents are split (a book stays in one split), then long ones are cut into row-sized pieces
+    splits = {split: cut_documents(docs, piece_chars)
+              for split, docs in split_documents(iter_source_documents(source_dir)).items()}
     os.makedirs(DATA_DIR, exist_ok=True)
     for f in os.listdir(DATA_DIR):  # stale shards of an earlier local split
         if f.startswith(("train_", "val_", "test_")) and f.endswith(".parquet"):
@@ -388,7 +425,8 @@ def prepare_local(source_dir):
             pq.write_table(table, tmp, row_group_size=LOCAL_ROW_GROUP)
             os.replace(tmp, os.path.join(DATA_DIR, name))
             names[split].append(name)
-        print(f"  {split}: {len(docs):,} documents, {sum(map(len, docs)):,} characters")
+        print(f"  {split}: {len(docs):,} documents (longer than {piece_chars:,} characters: cut), "
+              f"{sum(map(len, docs)):,} characters")
     _write_manifest(dict(source="local", source_dir=source_dir, source_id=sid, **names))
 
 
@@ -463,6 +501,7 @@ def train_tokenizer():
     os.makedirs(TOKENIZER_DIR, exist_ok=True)
 
     print("Tokenizer: training BPE tokenizer...")
+    import rustbpe  # here, not at the top: every training and evaluator process imports this file
     t0 = time.time()
     tokenizer = rustbpe.Tokenizer()
     vocab_size_no_special = VOCAB_SIZE - len(SPECIAL_TOKENS)
@@ -499,6 +538,75 @@ def train_tokenizer():
     _write_json(meta_path, dict(source_id=source_id, vocab_size=VOCAB_SIZE))
     print(f"Tokenizer: trained in {time.time() - t0:.1f}s (vocab_size={enc.n_vocab}, round trip ok), "
           f"saved to {TOKENIZER_DIR}")
+
+# ---------------------------------------------------------------------------
+# Evaluation rows: tokenized once here, so no evaluation re-tokenizes; the data checks
+# ---------------------------------------------------------------------------
+
+def split_tokens(tokenizer, split, cap=None):
+    """Tokens of a split's documents (each document once, a BOS each), counted up to `cap`."""
+    n = 0
+    for texts, epoch in _document_batches(split_files(split), split, 0):
+        if epoch > 1 or (cap and n >= cap):
+            break
+        n += sum(len(ids) + 1 for ids in tokenizer.encode(texts))
+    return n
+
+
+def tokenize_eval_rows():
+    """Pack and store the val and test rows of the profile's EVAL_TOKENS (eval/<split>.npy), print how
+    many distinct rows each split holds, and refuse data that cannot give a meaningful val_bpb: an
+    evaluation split with fewer distinct tokens than its rows need (the rows would repeat), or a
+    train split smaller than that. Returns {split: {tokens, rows, distinct_rows}}."""
+    tokenizer = Tokenizer.from_directory()
+    eval_tokens = PROFILES[PROFILE]["EVAL_TOKENS"]     # never the smoke override
+    n_rows = max(1, eval_tokens // MAX_SEQ_LEN)
+    need = n_rows * (MAX_SEQ_LEN + 1)
+    cap = TRAIN_COUNT_CAP * eval_tokens
+    os.makedirs(EVAL_DIR, exist_ok=True)
+    stats = {}
+    for split in ("train", "val", "test"):
+        tokens = split_tokens(tokenizer, split, cap)
+        if tokens < need:
+            what = ("the corpus is too small for the profile" if split == "train" else
+                    f"the {split} split is too small for the profile's evaluation")
+            raise SystemExit(
+                f"error: {what}: {split} holds {tokens:,} tokens, {PROFILE!r} evaluates {n_rows} rows of "
+                f"{MAX_SEQ_LEN + 1} tokens ({need:,}), so its rows would repeat and val_bpb would measure little.\n"
+                f"  fix: give --source more text (val and test each get ~{SPLIT_FRACTIONS[1]}% of the documents, "
+                f"at least one whole file), or prepare a profile with fewer EVAL_TOKENS "
+                f"(--profile {'cpu' if PROFILE != 'cpu' else 'cpu, with more text'}).")
+        stats[split] = dict(tokens=tokens, capped=tokens >= cap)
+        if split == "train":
+            stats[split]["distinct_rows"] = tokens // (MAX_SEQ_LEN + 1)
+            continue
+        rows = _pack_eval_rows(tokenizer, split, n_rows)
+        buf = io.BytesIO()
+        np.save(buf, rows)
+        _atomic_write(eval_rows_path(split), buf.getvalue())
+        stats[split].update(rows=n_rows, distinct_rows=int(np.unique(rows, axis=0).shape[0]))
+    for split, st in stats.items():
+        about = ">=" if st["capped"] else ""
+        rows = f"{st['distinct_rows']:,} distinct of {st['rows']:,} evaluation rows" if "rows" in st else \
+            f"{about}{st['distinct_rows']:,} distinct rows"
+        print(f"Rows: {split}: {about}{st['tokens']:,} tokens, {rows} ({MAX_SEQ_LEN + 1} tokens each)")
+    return stats
+
+
+def check_eval_rows():
+    """The stored evaluation rows are the ones the split's text and tokenizer give (re-packed here)."""
+    tokenizer = Tokenizer.from_directory()
+    n_rows = max(1, PROFILES[PROFILE]["EVAL_TOKENS"] // MAX_SEQ_LEN)
+    for split in ("val", "test"):
+        path = eval_rows_path(split)
+        if not os.path.exists(path):
+            raise CacheError(f"no tokenized {split} rows (missing {path})")
+        try:
+            stored = np.load(path)
+        except Exception as e:
+            raise CacheError(f"corrupt evaluation rows {path} ({e!r})") from e
+        if not np.array_equal(stored, _pack_eval_rows(tokenizer, split, n_rows)):
+            raise CacheError(f"the stored {split} rows ({path}) differ from the {split} split's text")
 
 # ---------------------------------------------------------------------------
 # Runtime utilities (imported by train.py)
@@ -725,6 +833,7 @@ def make_dataloader(tokenizer, B, T, split, seed=0, buffer_size=DOC_BUFFER):
 def _text_digest(path):
     """Digest of a shard's documents (their UTF-8 bytes and lengths), independent of the parquet
     writer version and row-group layout. Hashes Arrow buffers directly: no Python strings."""
+    import pyarrow.compute as pc  # here: ~0.3 s of import that training and evaluation never need
     lens_h, data_h, n = hashlib.sha256(), hashlib.sha256(), 0
     try:
         pf = pq.ParquetFile(path)
@@ -782,7 +891,7 @@ def fingerprint_record(fp):
 def data_paths():
     """What a sandboxed trial may read (the profile's cache) and which of it training must never
     see (the val and test shards): printed by `--fingerprint` for the worker's sandbox."""
-    return dict(data_dirs=[CACHE_DIR], eval_files={s: split_files(s) for s in ("val", "test")})
+    return dict(data_dirs=[CACHE_DIR], eval_files={s: [*split_files(s), eval_rows_path(s)] for s in ("val", "test")})
 
 # ---------------------------------------------------------------------------
 # Peak FLOPs (for MFU): vendor tables for GPUs, a measurement on the CPU backend
@@ -806,6 +915,7 @@ NVIDIA_TFLOPS = [
     ("RTX 3090", (71.0, 35.6)), ("V100", (125.0, 15.7)), ("T4", (65.0, 8.1)),
 ]
 _MEASURED_PEAK = {}
+PEAK_FLOPS_FILE = "peak_flops.json"   # in CACHE_DIR: the matmul peak measured once by prepare.py (MFU only)
 
 
 def _device_info():
@@ -866,23 +976,79 @@ def get_peak_flops(dtype=mx.float32):
         if found:
             return found
     key = (str(dtype), name)
+    when = "once for this machine"
     if key not in _MEASURED_PEAK:
-        _MEASURED_PEAK[key] = _measure_matmul_flops(dtype)
+        _MEASURED_PEAK[key] = _stored_peak_flops().get(_peak_key(dtype, name))
+    if not _MEASURED_PEAK[key]:
+        _MEASURED_PEAK[key], when = _measure_matmul_flops(dtype), "now"
     flops, n = _MEASURED_PEAK[key]
     backend = "cpu" if mx.default_device().type == mx.cpu else "gpu, not in table"
-    return flops, f"measured: best {n}x{n} {dtype} matmul on {backend} ({name})"
+    return flops, f"measured {when}: best {n}x{n} {dtype} matmul on {backend} ({name})"
+
+
+def _peak_key(dtype, name):
+    # a matmul peak measured without OpenBLAS preloaded (MLX's CPU backend on Linux) is ~30x lower:
+    # never used for a process that has it, nor the other way round
+    return f"{dtype}|{name}" + ("|openblas" if "openblas" in os.environ.get("LD_PRELOAD", "") else "")
+
+
+def _stored_peak_flops():
+    try:
+        with open(os.path.join(CACHE_DIR, PEAK_FLOPS_FILE)) as f:
+            return {k: tuple(v) for k, v in json.load(f).items()}
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def store_peak_flops():
+    """Measure this machine's matmul peak for the training dtype once (prepare, and each worker's
+    `--fingerprint` in the trials' environment), so no training process spends its start-up on it
+    (MFU is for display only; it never changes the metric). Returns get_peak_flops's answer."""
+    dtype = mx.bfloat16 if mx.default_device().type == mx.gpu else mx.float32
+    flops, how = get_peak_flops(dtype)
+    if "measured now" in how:
+        info = _device_info()
+        name = str(info.get("device_name", "")) or platform.processor() or platform.machine()
+        stored = {k: list(v) for k, v in _stored_peak_flops().items()}
+        stored[_peak_key(dtype, name)] = list(_MEASURED_PEAK[(str(dtype), name)])
+        try:
+            _write_json(os.path.join(CACHE_DIR, PEAK_FLOPS_FILE), stored)
+        except OSError:
+            pass            # a read-only cache: the training process measures it itself
+    return flops, how
 
 # ---------------------------------------------------------------------------
 # Evaluation (DO NOT CHANGE — this is the fixed metric)
 # ---------------------------------------------------------------------------
 
-def eval_rows(tokenizer, split="val"):
-    """The fixed evaluation rows of a split: EVAL_TOKENS // MAX_SEQ_LEN rows of MAX_SEQ_LEN + 1 tokens
-    (int32 numpy), the same rows in the same order on every machine (val/test order ignores the seed)."""
-    assert split in ("val", "test"), f"evaluation split must be 'val' or 'test', got {split!r}"
-    n_rows = max(1, EVAL_TOKENS // MAX_SEQ_LEN)
+def eval_rows_path(split):
+    """The split's evaluation rows as tokenized by prepare.py (int32 .npy); hidden from training."""
+    return os.path.join(EVAL_DIR, f"{split}.npy")
+
+
+def _pack_eval_rows(tokenizer, split, n_rows):
     rows = _packed_rows(tokenizer, MAX_SEQ_LEN, split_files(split), split, 0, DOC_BUFFER)
     return np.stack([next(rows)[0] for _ in range(n_rows)])
+
+
+def eval_rows(tokenizer, split="val"):
+    """The fixed evaluation rows of a split: EVAL_TOKENS // MAX_SEQ_LEN rows of MAX_SEQ_LEN + 1 tokens
+    (int32 numpy), the same rows in the same order on every machine (val/test order ignores the seed).
+    Read from the rows prepare.py tokenized once (a prefix of them when EVAL_TOKENS is smaller, as in a
+    smoke run); tokenized here only when the cache has too few, which needs the tokenizer."""
+    assert split in ("val", "test"), f"evaluation split must be 'val' or 'test', got {split!r}"
+    n_rows = max(1, EVAL_TOKENS // MAX_SEQ_LEN)
+    path = eval_rows_path(split)
+    if os.path.exists(path):
+        try:
+            rows = np.load(path)
+        except Exception as e:
+            raise CacheError(f"corrupt evaluation rows {path} ({e!r})") from e
+        if rows.ndim == 2 and rows.shape[0] >= n_rows and rows.shape[1] == MAX_SEQ_LEN + 1:
+            return rows[:n_rows].astype(np.int32)
+    if tokenizer is None:
+        raise CacheError(f"no tokenized {split} rows for profile {PROFILE!r} (missing or short {path})")
+    return _pack_eval_rows(tokenizer, split, n_rows)
 
 
 # The cross-entropy is computed here from the model's logits, never by the model itself: a model's
@@ -959,6 +1125,7 @@ def verify_cache():
     fp = compute_fingerprint()
     if fp != data_fingerprint():
         raise CacheError("data or tokenizer changed since prepare (fingerprint mismatch)")
+    check_eval_rows()
     return fp
 
 
@@ -980,7 +1147,9 @@ def main(argv=None):
         _set_profile(args.profile)
 
     if args.fingerprint:
-        print(json.dumps({**fingerprint_record(verify_cache()), **data_paths()}), flush=True)
+        record = {**fingerprint_record(verify_cache()), **data_paths()}
+        store_peak_flops()     # the worker runs this in its trials' environment: their peak, measured once
+        print(json.dumps(record), flush=True)
         return
 
     print(f"Profile: {PROFILE} {json.dumps(PROFILES[PROFILE])}")
@@ -1001,7 +1170,13 @@ def main(argv=None):
     train_tokenizer()
     print()
 
-    # Step 3: profile record + fingerprint
+    # Step 3: evaluation rows, tokenized once; refuse data too small for a meaningful val_bpb
+    tokenize_eval_rows()
+    flops, how = store_peak_flops()
+    print(f"Peak FLOP/s for MFU: {flops:.3e} ({how})")
+    print()
+
+    # Step 4: profile record + fingerprint
     manifest = _read_manifest()
     _write_json(os.path.join(CACHE_DIR, "profile.json"),
                 dict(profile=PROFILE, constants=PROFILES[PROFILE], source=manifest["source"],

@@ -427,6 +427,11 @@ if __name__ == "__main__":
 
     print(f"Time budget: {time_budget:g}s")
     print(f"Tokens per step: {tokens_per_step:,} ({device_batch_size} rows x {MAX_SEQ_LEN} x {grad_accum_steps} accumulation steps)")
+    if args.checkpoint:
+        # the worker's pre-flight: the evaluator scores this initial model while the first step runs,
+        # so a model it cannot rebuild or run stops the trial now, not after the whole budget
+        save_checkpoint(model, config, os.path.join(args.checkpoint, "preflight"),
+                        eval_batch_size=min(device_batch_size, EVAL_BATCH_SIZE), seed=args.seed, num_steps=0)
 
     # ---------------------------------------------------------------------------
     # Training loop
@@ -511,7 +516,7 @@ if __name__ == "__main__":
     # model is saved instead and scored by the fixed evaluator in a process of its own.
     if args.checkpoint:
         save_checkpoint(model, config, args.checkpoint, eval_batch_size=min(device_batch_size, EVAL_BATCH_SIZE),
-                        seed=args.seed, num_steps=step)
+                        seed=args.seed, num_steps=step, peak_memory_mb=round(mx.get_peak_memory() / 2**20, 1))
         val_bpb = None
     else:
         val_bpb = evaluate_bpb(model, tokenizer, device_batch_size)

@@ -101,6 +101,40 @@ def track_row(state: CampaignView, name):
     return head, level, test, sigma, dof, n
 
 
+# -- accelerator time per worker (worker/accounting.py's split of each trial's timings) ----
+ACCELERATOR_PARTS = ("startup", "training", "evaluate", "preflight", "smoke", "idle")
+
+
+def accelerator_time(state: CampaignState) -> dict:
+    """worker -> {trials, total, startup, training, evaluate, preflight, smoke, idle, training_share}
+    summed over its finished trials that report the split (older journals: none, so no entry)."""
+    out = {}
+    for t in state.trials.values():
+        tm = t.timings or {}
+        if not t.worker or t.finished is None or not _isnum(tm.get("training")) or not _isnum(tm.get("total")):
+            continue
+        w = out.setdefault(t.worker, {"trials": 0, "total": 0.0, **{k: 0.0 for k in ACCELERATOR_PARTS}})
+        w["trials"] += 1
+        for k in ("total", *ACCELERATOR_PARTS):
+            w[k] += float(tm.get(k) or 0.0) if _isnum(tm.get(k)) else 0.0
+    for w in out.values():
+        w["training_share"] = w["training"] / w["total"] if w["total"] > 0 else 0.0
+    return out
+
+
+def accelerator_rows(state: CampaignState) -> list:
+    """(worker, trials, training %, seconds per part...) as display strings, one row per worker."""
+    rows = []
+    for name, w in sorted(accelerator_time(state).items()):
+        rows.append((name, str(w["trials"]), f"{100 * w['training_share']:.1f}%", f"{w['total']:.0f}",
+                     *(f"{w[k]:.0f}" for k in ACCELERATOR_PARTS)))
+    return rows
+
+
+ACCELERATOR_HEADER = ("worker", "trials", "training share", "wall s", "start-up s", "training s", "evaluation s",
+                      "pre-flight s (overlaps)", "smoke s", "idle s")
+
+
 # -- table (rich) ----------------------------------------------------------------
 def render_table(state: CampaignView, console) -> None:
     """Print the campaign as rich tables on a rich Console."""
@@ -139,6 +173,14 @@ def render_table(state: CampaignView, console) -> None:
         workers.add_row(w.worker, w.track or "-", w.state + (f" ({w.lost_reason})" if w.lost_reason else ""),
                         w.trial_id or "-", str(w.trials), str(w.crashes), when(w.last_seen))
     console.print(workers)
+    rows = accelerator_rows(state)
+    if rows:
+        acc = Table(title="accelerator time (trials' wall seconds)", title_justify="left")
+        for col in ACCELERATOR_HEADER:
+            acc.add_column(col, justify="left" if col == "worker" else "right")
+        for row in rows:
+            acc.add_row(*row)
+        console.print(acc)
     if state.unknown:
         console.print(f"{len(state.unknown)} event(s) not understood by this reader: "
                       + ", ".join(sorted({f'{e.type} v{e.v}' for e, _ in state.unknown}))
@@ -246,6 +288,16 @@ def markdown(state: CampaignView) -> str:
           f"{num(sigma) + f' ({dof})' if sigma is not None else 'not measured yet'} | {n} | {_md(ws)} |")
     w("\nThe noise floor is the pooled standard deviation of repeated trials of the same commit "
       "on a track; effects are compared with it.\n")
+
+    rows = accelerator_rows(state)
+    if rows:
+        w("## Accelerator time\n")
+        w("| " + " | ".join(ACCELERATOR_HEADER) + " |")
+        w("|---" * len(ACCELERATOR_HEADER) + "|")
+        for row in rows:
+            w("| " + " | ".join(row) + " |")
+        w("\nTraining share: the part of the workers' trial wall time spent in the training process after "
+          "its start-up. The pre-flight runs beside the first training step.\n")
 
     w("## Mainline progress\n")
     for name in names:

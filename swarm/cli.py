@@ -253,6 +253,15 @@ def render_status(st, console):
                         f"{p['seconds_left']:.0f}s" if p.get("seconds_left") is not None else "-",
                         f"{now - w.last_seen:.0f}s ago" if w.last_seen else "-")
     console.print(workers)
+    from journal.export import ACCELERATOR_HEADER, accelerator_rows   # #14: training share per worker
+    rows = accelerator_rows(st)
+    if rows:
+        acc = Table(title="accelerator time (trials' wall seconds)", title_justify="left")
+        for col in ACCELERATOR_HEADER:
+            acc.add_column(col)
+        for row in rows:
+            acc.add_row(*row)
+        console.print(acc)
 
     policy = Policy.from_config(config_from_dict(st.config or {}), st.direction)
     tracks = Table(title="mainline per track", title_justify="left")

@@ -34,6 +34,7 @@ def _point_at(monkeypatch, prepare, cache_dir):
     monkeypatch.setattr(prepare, "CACHE_DIR", cache_dir)
     monkeypatch.setattr(prepare, "DATA_DIR", os.path.join(cache_dir, "data"))
     monkeypatch.setattr(prepare, "TOKENIZER_DIR", os.path.join(cache_dir, "tokenizer"))
+    monkeypatch.setattr(prepare, "EVAL_DIR", os.path.join(cache_dir, "eval"))
 
 
 def _write_parquet(path, docs, row_group_size=256):
@@ -79,7 +80,8 @@ def test_cache_layout_and_fingerprint_cli(tiny_data):
     assert rec == {"fingerprint": rec["fingerprint"], "profile": "tiny", "time_budget": 60,
                    "max_seq_len": 256, "vocab_size": 2048, "eval_tokens": 65536,
                    # for the worker's sandbox: what trials read, and what training must never see
-                   "data_dirs": [str(d)], "eval_files": {s: [str(d / "data" / f) for f in manifest[s]]
+                   "data_dirs": [str(d)], "eval_files": {s: [*(str(d / "data" / f) for f in manifest[s]),
+                                                             str(d / "eval" / f"{s}.npy")]
                                                          for s in ("val", "test")}}
     assert len(rec["fingerprint"]) == 64
     assert rec["fingerprint"] == json.loads((d / "fingerprint.json").read_text())["fingerprint"]
@@ -143,6 +145,99 @@ def test_bad_source_is_a_clear_error(tmp_path):
                     {"AUTORESEARCH_CACHE": str(tmp_path / "cache")})
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert 'x.jsonl:1: expected a JSON object with a "text" field' in r.stderr
+
+# ---------------------------------------------------------------------------
+# Long documents: cut into row-sized pieces; too little evaluation text is refused
+# ---------------------------------------------------------------------------
+
+def test_cut_document_keeps_every_character_at_natural_boundaries(prepare_module):
+    cut = prepare_module.cut_document
+    paragraphs = ["First paragraph line one.\nLine two of it.", "Short one.", "x" * 50,
+                  "A paragraph of many lines.\n" + "\n".join(f"line {i} of the long paragraph" for i in range(10))]
+    text = "\n\n".join(paragraphs)
+    pieces = cut(text, 60)
+    assert "".join(pieces) == text and all(0 < len(p) <= 60 for p in pieces)
+    # whole paragraphs where they fit, then whole lines; no piece starts inside a line but a hard cut's
+    assert pieces[0] == "First paragraph line one.\nLine two of it.\n\nShort one.\n\n"   # two fit in one
+    assert pieces[1] == "x" * 50 + "\n\n" and pieces[2] == "A paragraph of many lines.\nline 0 of the long paragraph\n"
+    assert all(p.endswith("\n") or p is pieces[-1] for p in pieces)
+    assert cut("y" * 130, 60) == ["y" * 60, "y" * 60, "y" * 10]        # no boundary at all: a hard cut
+    assert cut("short", 60) == ["short"]
+    assert prepare_module.cut_documents(["a" * 10, "\n\n\n" + "b" * 8], 8) == ["a" * 8, "a" * 2, "b" * 8]
+
+
+def _book(seed, chars):
+    """One long file: generated documents as chapters, paragraphs separated by blank lines."""
+    docs, n = [], 0
+    for d in generate_documents(100_000, seed=seed):
+        docs.append(d)
+        n += len(d) + 2
+        if n >= chars:
+            return "\n\n".join(docs)
+    raise AssertionError("not enough text")
+
+
+def test_a_folder_of_long_books_gives_distinct_rows(tmp_path):
+    """A few long files (one document each): every row of every split is its own text, not the
+    beginning of a book repeated (packing starts each row at a document's beginning)."""
+    src = tmp_path / "books"
+    src.mkdir()
+    for i in range(4):
+        (src / f"book{i}.txt").write_text(_book(100 + i, 600_000))
+    r = run_prepare(["--profile", "tiny", "--source", str(src)], {"AUTORESEARCH_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    d = tmp_path / "cache" / "tiny"
+    for split in ("val", "test"):
+        rows = np.load(d / "eval" / f"{split}.npy")
+        assert rows.shape == (256, 257)
+        distinct = np.unique(rows, axis=0).shape[0]
+        assert distinct >= 250, (split, distinct)
+        assert f"Rows: {split}: " in r.stdout and f"{distinct} distinct of 256 evaluation rows" in r.stdout
+    train_docs = sum(pq.ParquetFile(d / "data" / f).metadata.num_rows
+                     for f in json.loads((d / "data" / "manifest.json").read_text())["train"])
+    assert train_docs > 500                       # at least one book of ~600k characters, in pieces of <= 768
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("Rows: train: "))
+    assert int(line.split(", ")[1].split()[0].replace(",", "")) > 500       # distinct train rows
+
+
+def test_an_evaluation_split_too_small_for_the_profile_is_refused(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    # ~1,500 short documents: val and test get ~5% each, ~7k tokens, fewer than tiny's 65,536
+    (src / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in generate_documents(1500, seed=5)))
+    r = run_prepare(["--profile", "tiny", "--source", str(src)], {"AUTORESEARCH_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "the val split is too small for the profile's evaluation" in r.stderr
+    assert "fix: give --source more text" in r.stderr and "--profile cpu" in r.stderr
+    assert not (tmp_path / "cache" / "tiny" / "fingerprint.json").exists()   # nothing to train on was declared ready
+
+
+def test_stored_eval_rows_are_the_packed_rows(prepare_module, monkeypatch):
+    """The evaluation reads the rows prepare.py tokenized once; they are the split's packed rows, a
+    smaller EVAL_TOKENS reads their prefix, and the evaluator (no tokenizer) needs them to exist."""
+    prepare = prepare_module
+    tok = prepare.Tokenizer.from_directory()
+    stored = prepare.eval_rows(None, "val")
+    assert stored.shape == (256, 257) and stored.dtype == np.int32
+    assert np.array_equal(stored, prepare._pack_eval_rows(tok, "val", 256))
+    monkeypatch.setattr(prepare, "EVAL_TOKENS", 3 * prepare.MAX_SEQ_LEN)
+    assert np.array_equal(prepare.eval_rows(None, "val"), stored[:3])
+    monkeypatch.setattr(prepare, "EVAL_DIR", "/nonexistent")
+    assert np.array_equal(prepare.eval_rows(tok, "val"), stored[:3])       # tokenized when not stored
+    with pytest.raises(SystemExit, match="no tokenized val rows"):
+        prepare.eval_rows(None, "val")
+
+
+def test_changed_eval_rows_fail_the_cache_check(prepare_module, tiny_data, tmp_path, monkeypatch):
+    prepare = prepare_module
+    shutil.copytree(tiny_data.cache_dir, tmp_path / "tiny")
+    _point_at(monkeypatch, prepare, tmp_path / "tiny")
+    path = tmp_path / "tiny" / "eval" / "val.npy"
+    rows = np.load(path)
+    rows[0, 5] = (rows[0, 5] + 1) % prepare.VOCAB_SIZE
+    np.save(path, rows)
+    with pytest.raises(SystemExit, match="stored val rows .* differ"):
+        prepare.check_eval_rows()
 
 # ---------------------------------------------------------------------------
 # Tokenizer
@@ -496,10 +591,11 @@ def _shard_bytes(tmp_path, name, docs):
 
 @pytest.fixture
 def shard_server(tmp_path):
-    docs = generate_documents(2400, seed=11)
+    # val and test hold more than the tiny profile's evaluation rows (prepare.py refuses fewer)
+    docs = generate_documents(4000, seed=11)
     files = {"shard_00000.parquet": _shard_bytes(tmp_path, "0", docs[:2000]),
-             "shard_06541.parquet": _shard_bytes(tmp_path, "test", docs[2000:2200]),
-             "shard_06542.parquet": _shard_bytes(tmp_path, "val", docs[2200:])}
+             "shard_06541.parquet": _shard_bytes(tmp_path, "test", docs[2000:3000]),
+             "shard_06542.parquet": _shard_bytes(tmp_path, "val", docs[3000:])}
     server = ShardServer(files)
     yield server
     server.close()
@@ -621,3 +717,30 @@ def test_peak_flops_tables(prepare_module):
     assert t("NVIDIA GeForce RTX 4090", mx.bfloat16, "Linux")[0] == pytest.approx(165.2e12)
     assert t("NVIDIA H200", mx.bfloat16, "Linux")[0] == pytest.approx(989e12)
     assert t("Some Unknown GPU", mx.float32, "Linux") is None
+
+
+def test_peak_flops_come_from_the_prepared_cache(prepare_module, monkeypatch, tmp_path):
+    """prepare.py measured the matmul peak once (tiny_data ran it without OpenBLAS preloaded): a
+    process in the same environment reads it instead of measuring; one with OpenBLAS does not use it,
+    measures its own and stores it beside (a worker's --fingerprint does that once)."""
+    prepare = prepare_module
+    assert (Path(prepare.CACHE_DIR) / prepare.PEAK_FLOPS_FILE).exists()
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setattr(prepare, "_MEASURED_PEAK", {})
+    monkeypatch.setattr(prepare, "_measure_matmul_flops",
+                        lambda dtype, budget_s=0.5: pytest.fail("measured again at start-up"))
+    flops, how = prepare.get_peak_flops(mx.float32)
+    assert flops > 1e8 and how.startswith("measured once for this machine") and "cpu" in how
+
+    plain_key = prepare._peak_key(mx.float32, how[how.rindex("(") + 1:-1])
+    (tmp_path / prepare.PEAK_FLOPS_FILE).write_text(json.dumps({plain_key: [5e9, 256]}))
+    monkeypatch.setattr(prepare, "CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(prepare, "_MEASURED_PEAK", {})
+    assert prepare.get_peak_flops(mx.float32)[0] == 5e9
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0")
+    monkeypatch.setattr(prepare, "_MEASURED_PEAK", {})
+    monkeypatch.setattr(prepare, "_measure_matmul_flops", lambda dtype, budget_s=0.5: (123e9, 1024))
+    flops, how = prepare.store_peak_flops()
+    assert (flops, how.startswith("measured now")) == (123e9, True)
+    stored = json.loads((tmp_path / prepare.PEAK_FLOPS_FILE).read_text())
+    assert stored == {plain_key: [5e9, 256], plain_key + "|openblas": [123e9, 1024]}

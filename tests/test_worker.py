@@ -232,7 +232,7 @@ def test_parse_progress():
     p = parse_progress("step 00012 (4.3%) | loss: 5.123456 | lrm: 1.00 | dt: 123ms | tok/sec: 12,345 | "
                        "mfu: 1.2% | epoch: 1 | remaining: 123s")
     assert p == {"step": 12, "progress": pytest.approx(0.043), "loss": 5.123456, "tok_per_s": 12345.0,
-                 "seconds_left": 123.0}
+                 "seconds_left": 123.0, "dt_s": pytest.approx(0.123)}
     assert parse_progress("step 3 | loss: nan")["loss"] != parse_progress("step 3 | loss: nan")["loss"]
     assert parse_progress("val_bpb: 1.0") is None
 
@@ -325,7 +325,11 @@ def test_good_trial_reports_summary_and_timings(worker, src):
     assert (r.status, r.crash_class, r.val_bpb) == ("ok", None, pytest.approx(1.503))
     assert r.metrics == {"val_bpb": pytest.approx(1.503), "training_seconds": 2.0, "num_steps": 3,
                          "eval_split": "val"}
-    assert set(r.timings) == {"git", "validate", "smoke", "train", "evaluate", "allowance", "journal", "total"}
+    assert set(r.timings) == {"git", "validate", "smoke", "train", "evaluate", "allowance", "journal", "total",
+                              "startup", "training", "preflight", "idle", "training_share"}
+    # the stand-in prints its steps at once: all of its process is start-up or training, nothing is lost
+    assert r.timings["startup"] + r.timings["training"] == pytest.approx(r.timings["train"])
+    assert r.timings["preflight"] == 0 and 0 <= r.timings["training_share"] < 1
     assert r.sandbox == worker.sandbox and r.metric_source == "self-reported"
     assert r.timings["smoke"] > 0 and r.timings["train"] > 0
     log = Path(r.log_path).read_text()

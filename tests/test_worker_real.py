@@ -1,5 +1,5 @@
 """Worker with the real research target: prepare.py's data fingerprint, a real tiny-profile
-training run of a real train.py commit (smoke run first), and the events it writes to an
+training run of a real train.py commit (its pre-flight inside), and the events it writes to an
 embedded (SQLite) journal. One real training trial only: it is the slow part (~20-40 s).
 """
 
@@ -19,7 +19,7 @@ from worker import TrialSpec, Worker, make_full_bundle
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The research target's files, copied from this checkout into a fresh repository.
 TARGET_FILES = ("prepare.py", "train.py", "evaluate.py", "target.toml", "program.md")
-# Seconds of training in the real trial (the smoke run uses target.toml's smoke_budget).
+# Seconds of training in the real trial.
 REAL_BUDGET = 5
 # Validation tokens for the real trial: a tiny eval keeps the test fast.
 REAL_EVAL_TOKENS = "8192"
@@ -66,7 +66,9 @@ def test_real_candidate_trial_lands_in_journal(research, tiny_data, fingerprint,
         assert math.isfinite(r.val_bpb) and 0 < r.val_bpb < 20
         assert r.metrics["data_fingerprint"] == fingerprint["fingerprint"]
         assert r.metrics["seed"] == 1 and r.metrics["num_steps"] >= 1
-        assert r.timings["smoke"] > 0 and r.timings["train"] > 0 and r.timings["evaluate"] > 0
+        # the pre-flight ran inside the trial (no separate smoke process)
+        assert r.timings["preflight"] > 0 and r.timings["smoke"] == 0
+        assert r.timings["train"] > 0 and r.timings["evaluate"] > 0
         assert r.metric_source == "evaluator" and r.metrics["eval"]["tokens"] == int(REAL_EVAL_TOKENS)
         assert "val_bpb:" in Path(r.log_path).read_text()
     finally:

@@ -67,7 +67,7 @@ def clean_env(extra: dict | None = None, base: dict | None = None) -> dict:
 
 
 def parse_progress(line: str) -> dict | None:
-    """A train.py progress line -> {step, progress, loss, tok_per_s, seconds_left} (missing: None)."""
+    """A train.py progress line -> {step, progress, loss, tok_per_s, seconds_left, dt_s} (missing: None)."""
     m = PROGRESS_RE.match(line.strip())
     if not m:
         return None
@@ -81,8 +81,10 @@ def parse_progress(line: str) -> dict | None:
             return None
 
     pct = float(m.group(2)) if m.group(2) else None
+    dt_ms = num("dt", "ms")
     return {"step": int(m.group(1)), "progress": pct / 100 if pct is not None else None,
-            "loss": num("loss"), "tok_per_s": num("tok/sec"), "seconds_left": num("remaining")}
+            "loss": num("loss"), "tok_per_s": num("tok/sec"), "seconds_left": num("remaining"),
+            "dt_s": dt_ms / 1000 if dt_ms is not None else None}
 
 
 @dataclass

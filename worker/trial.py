@@ -11,6 +11,11 @@ worker owns the three things a trial could otherwise fake:
   computes val_bpb itself. Its record comes back in a folder the training process never had.
   Targets without an evaluator (upstream-shaped forks) keep the metric line of their own output,
   marked `self-reported`.
+- the pre-flight: train.py saves its initial model (checkpoint/preflight) before its first step; while
+  that step runs, the evaluator scores it on one row. An evaluator that cannot rebuild or run the
+  candidate's model stops the trial within seconds instead of after its whole budget; a training
+  process that dies before its first step ends it the same way (the worker calls both a pre-flight
+  failure: the smoke run that used to be a process of its own).
 - the data and the secrets: every process runs in the sandbox (worker/sandbox.py): no network,
   its own PID namespace, the code, venv and data read-only, the val and test shards absent during
   training (and the other split absent during evaluation), an empty HOME, writes to scratch only.
@@ -20,6 +25,8 @@ import json
 import math
 import os
 import shutil
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +44,13 @@ NOT_CAUSAL_EXIT = 4
 SANDBOX_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
 # The split a self-reported target is asked to score on a held-out trial (it certifies it itself).
 SELF_REPORTED_SPLIT_ENV = "AUTORESEARCH_EVAL_SPLIT"
+# Pre-flight: the folder train.py saves its initial model to (inside --checkpoint), the evaluation
+# tokens it is scored on (one row: prepare.py reads max(1, tokens // MAX_SEQ_LEN) rows), how often
+# the worker looks for it, and how long its evaluation may take.
+PREFLIGHT_DIR = "preflight"
+PREFLIGHT_EVAL_TOKENS = "1"
+PREFLIGHT_POLL = 0.05
+PREFLIGHT_TIMEOUT = 300.0
 
 
 @dataclass
@@ -58,12 +72,17 @@ class Run:
     got: Classified
     train_seconds: float = 0.0      # wall time of the training process, measured by the worker
     eval_seconds: float = 0.0       # wall time of the evaluator process
+    startup_seconds: float | None = None   # training process start to its first step (None: never reached)
+    preflight_seconds: float = 0.0  # wall time of the pre-flight evaluation (it overlaps the first step)
+    preflight_failed: bool = False  # the run ended in its pre-flight (evaluation failed, or died before step 0)
 
 
 def run(setup: Setup, seed: int, budget: float, allowance: float, scratch: Path, log_path: Path, header: str,
-        *, split: str = "val", extra_env: dict | None = None, on_progress=None, on_process=None) -> Run:
+        *, split: str = "val", extra_env: dict | None = None, on_progress=None, on_process=None,
+        preflight: bool = False) -> Run:
     """Train `seed` for `budget` seconds, then score the saved model on `split`. `on_process(proc)` is
-    called with each process as it starts (so the worker can abort it)."""
+    called with each process as it starts (so the worker can abort it). `preflight`: score the
+    initial model on one row while the first step runs (targets with an evaluator only)."""
     target = setup.target
     shutil.rmtree(scratch, ignore_errors=True)
     checkpoint = scratch / "checkpoint"
@@ -77,13 +96,38 @@ def run(setup: Setup, seed: int, budget: float, allowance: float, scratch: Path,
     deadline = budget + allowance
     cmd = target.run_command(seed, budget, setup.python, checkpoint=str(checkpoint))
     policy = _policy(setup, hidden=_all_files(setup.eval_files), writable=(scratch,))
+    t_start, first_step = time.monotonic(), []
+
+    def progress(p):
+        if not first_step:   # start-up: to the start of the first step (its line comes when it ends)
+            first_step.append(max(0.0, time.monotonic() - t_start - (p.get("dt_s") or 0.0)))
+        if on_progress is not None:
+            on_progress(p)
+
+    pre = _Preflight(setup, checkpoint / PREFLIGHT_DIR, scratch / "preflight-result", env,
+                     log_path.with_name(log_path.stem + ".preflight.log")) if preflight and not target.self_reported \
+        else None
+
+    def started(proc):
+        if pre is not None:
+            pre.watch(proc)
+        if on_process is not None:
+            on_process(proc)
+
     outcome = _process(setup, cmd, env, policy, log_path, header + f"# clock: {budget:g}s budget + {allowance:.0f}s "
-                       f"start-up allowance = stopped at {deadline:.0f}s\n", deadline, on_progress, on_process)
+                       f"start-up allowance = stopped at {deadline:.0f}s\n", deadline, progress, started)
     over_time = (f"time: still running {deadline:.0f}s after it started ({budget:g}s budget + {allowance:.0f}s start-up "
                  f"allowance measured on the mainline); the worker stopped it")
     got = classify(outcome, target, budget, needs_metric=target.self_reported, over_time=over_time)
     got = _named_hidden_reads(got, outcome.text, setup.eval_files)
-    result = Run(got, train_seconds=outcome.seconds)
+    result = Run(got, train_seconds=outcome.seconds, startup_seconds=first_step[0] if first_step else None)
+    if pre is not None:
+        pre.join()
+        result.preflight_seconds = pre.seconds
+        if pre.failed is not None:
+            result.got, result.preflight_failed = pre.failed, True
+            return result
+        result.preflight_failed = preflight and got.status == "crash" and not first_step
     if got.status != "ok":
         return result
     if target.self_reported:
@@ -123,6 +167,48 @@ def run(setup: Setup, seed: int, budget: float, allowance: float, scratch: Path,
         metrics.update(val_bpb=record["bpb"], eval=record)
         result.got = Classified("ok", None, "", record["bpb"], metrics, got.log_tail)
     return result
+
+
+class _Preflight:
+    """Scores the model train.py saved before its first step (one row, the fixed evaluator, its own
+    sandbox) while that step runs; a failure stops the training process at once."""
+
+    def __init__(self, setup: Setup, folder: Path, results: Path, env: dict, log_path: Path):
+        self.setup, self.folder, self.results, self.log_path = setup, folder, results, log_path
+        self.env = {**env, "AUTORESEARCH_EVAL_TOKENS": PREFLIGHT_EVAL_TOKENS}
+        self.failed: Classified | None = None
+        self.seconds = 0.0
+        self._thread = None
+
+    def watch(self, training):
+        self._thread = threading.Thread(target=self._run, args=(training,), name="preflight", daemon=True)
+        self._thread.start()
+
+    def join(self):
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self, training):
+        while not (self.folder / "model.json").exists():       # train.py writes model.json last
+            if training.proc.poll() is not None:
+                return                                          # ended (or never saved one): nothing to score
+            time.sleep(PREFLIGHT_POLL)
+        self.results.mkdir(parents=True, exist_ok=True)
+        record_path = self.results / "record.json"
+        cmd = self.setup.target.evaluate_command(str(self.folder), "val", str(record_path), self.setup.python)
+        others = {s: files for s, files in self.setup.eval_files.items() if s != "val"}
+        policy = _policy(self.setup, hidden=_all_files(others), writable=(self.results,), read_only=(self.folder,))
+        outcome = _process(self.setup, cmd, self.env, policy, self.log_path,
+                           "# pre-flight: the initial model, one row of the val split\n", PREFLIGHT_TIMEOUT, None, None)
+        self.seconds = outcome.seconds
+        record = _read_record(record_path)
+        if outcome.returncode == NOT_CAUSAL_EXIT and record and record.get("error"):
+            self.failed = Classified("invalid", "invalid", record["error"], None, {}, tail(outcome.text))
+        elif outcome.returncode != 0 or outcome.timed_out:
+            bad = classify(outcome, self.setup.target, PREFLIGHT_TIMEOUT, needs_metric=False)
+            self.failed = Classified(bad.status, bad.crash_class, f"evaluation: {bad.reason}", None, {}, bad.log_tail)
+        if self.failed is not None:
+            training.kill("preflight")
 
 
 def _policy(setup: Setup, hidden, writable, read_only=()) -> Policy:

@@ -23,7 +23,7 @@ from pathlib import Path
 from core.target import Target, TargetError, fmt_seconds, parse_fingerprint
 from journal.events import result_event_id
 
-from . import hardware, trial
+from . import accounting, hardware, trial
 from .classify import Classified, tail
 from .journal_writer import JournalWriter
 from .repo import BUNDLE_SIGNATURE, CandidateError, WorkerRepo, branch_name
@@ -85,7 +85,7 @@ class TrialResult:
     metrics: dict = field(default_factory=dict)
     log_tail: str = ""
     log_path: str | None = None
-    timings: dict = field(default_factory=dict)   # seconds: git, validate, smoke, train, evaluate, journal, total
+    timings: dict = field(default_factory=dict)   # seconds: git, validate, smoke, train, evaluate, journal, total + the accelerator split (worker/accounting.py)
     sandbox: str | None = None         # how its processes were confined: bwrap | sandbox-exec | off
     metric_source: str | None = None   # evaluator | self-reported (the run's own output)
 
@@ -238,7 +238,7 @@ class Worker:
     def _run_trial(self, spec: TrialSpec) -> TrialResult:
         t0 = time.monotonic()
         self._abort.clear()
-        timings = {"git": 0.0, "validate": 0.0, "smoke": 0.0, "train": 0.0, "evaluate": 0.0, "journal": 0.0}
+        timings = accounting.start()
         self._set_state(trial_id=spec.trial_id, phase="starting", step=None, progress=None,
                         loss=None, tok_per_s=None, seconds_left=None)
         budget = spec.time_budget or self.fingerprint.get("time_budget")
@@ -248,6 +248,7 @@ class Worker:
         _write_log(log_path, f"# trial {spec.trial_id} worker {self.name} commit {spec.commit} "
                              f"seed {spec.seed} kind {spec.kind} budget {budget}\n", mode="w")
         log_path.with_name(log_path.stem + ".smoke.log").unlink(missing_ok=True)
+        log_path.with_name(log_path.stem + ".preflight.log").unlink(missing_ok=True)
         common = {"trial_id": spec.trial_id, "worker": self.name, "track": track, "commit": spec.commit,
                   "seed": spec.seed, "kind": spec.kind, "candidate_id": spec.candidate_id}
         timings["journal"] += self._emit("trial_started", common, wait=True)
@@ -264,13 +265,13 @@ class Worker:
         result.timings = timings
         result.sandbox = self.sandbox
         result.metric_source = "self-reported" if self.target.self_reported else "evaluator"
-        timings["total"] = time.monotonic() - t0
+        accounting.close(timings, time.monotonic() - t0)
         finished = {**common, **{k: v for k, v in result.to_dict().items() if k not in common},
                     "timings": dict(timings)}
         timings["journal"] += self._emit("trial_finished", finished, wait=True,
                                          event_id=result_event_id(spec.trial_id))
         self._keep_result(finished)
-        timings["total"] = time.monotonic() - t0
+        accounting.close(timings, time.monotonic() - t0)     # the returned copy counts that last write too
         return result
 
     def _execute(self, spec: TrialSpec, budget, log_path: Path, timings: dict) -> TrialResult:
@@ -328,7 +329,9 @@ class Worker:
         # -- smoke run: a few steps, tiny eval; a failure makes the candidate invalid
         allowance, allowance_from = self._allowance(spec, mine)
         timings["allowance"] = allowance
-        if spec.smoke:
+        # a target with the fixed evaluator gets the pre-flight inside its own trial instead (worker/trial.py)
+        preflight = spec.smoke and not self.target.self_reported
+        if spec.smoke and self.target.self_reported:
             t = time.monotonic()
             self._set_state(phase="smoke")
             smoke_log = log_path.with_name(log_path.stem + ".smoke.log")
@@ -348,10 +351,14 @@ class Worker:
         _write_log(log_path, header + f"# start-up allowance: {allowance:.0f}s ({allowance_from})\n")
         ran = self._run(spec, budget, allowance, log_path, extra_env=spec.env,
                         split="test" if spec.kind == "heldout" else "val",
-                        on_progress=self._progress_reporter(spec))
-        timings["train"] += ran.train_seconds
-        timings["evaluate"] += ran.eval_seconds
+                        on_progress=self._progress_reporter(spec), preflight=preflight)
+        accounting.add_run(timings, ran)
         got = ran.got
+        if ran.preflight_failed:
+            preflight_log = log_path.with_name(log_path.stem + ".preflight.log")
+            return invalid(f"pre-flight failed ({got.crash_class}): {got.reason}", log_tail=got.log_tail,
+                           path=preflight_log if preflight_log.exists() and got.reason.startswith(
+                               ("evaluation", "not causal")) else log_path)
         if got.status == "ok" and spec.kind == "baseline":
             self._measured_startup(mine, ran.train_seconds - budget)
         data_fp = got.metrics.get("data_fingerprint") if got.metrics else None
@@ -361,7 +368,8 @@ class Worker:
                              got.value, got.metrics, got.log_tail)
         return self._from(spec, got, log_path)
 
-    def _run(self, spec, budget, allowance, log_path, split="val", extra_env=None, on_progress=None) -> trial.Run:
+    def _run(self, spec, budget, allowance, log_path, split="val", extra_env=None, on_progress=None,
+             preflight=False) -> trial.Run:
         """Training and evaluation of the checked-out commit (worker/trial.py). Honors abort() at any moment."""
         if self._abort.is_set():
             return trial.Run(Classified("aborted", None, "aborted by request"))
@@ -376,7 +384,8 @@ class Worker:
                 proc.kill("aborted")
         try:
             return trial.run(setup, spec.seed, budget, allowance, scratch, log_path, "", split=split,
-                             extra_env=extra_env, on_progress=on_progress, on_process=started)
+                             extra_env=extra_env, on_progress=on_progress, on_process=started,
+                             preflight=preflight)
         finally:
             self._process = None
             shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,201 @@
+"""
+Where a worker's accelerator time goes: the share of its wall time spent in training steps (#14).
+
+Real worker trials of the real target (prepare.py, train.py, evaluate.py) in the sandbox, on a
+generated corpus prepared for each profile: per profile, one mainline baseline (it measures the
+start-up allowance, as in a campaign) then --trials candidates (a one-line change of train.py each,
+as an agent sends them) with the pre-flight on. Per profile it prints the worker's split of the
+candidates' wall time (worker/accounting.py):
+
+  start-up    training process start to its first step (imports, tokenizer, model, loader warm-up)
+  training    the training process after start-up: its steps and the final save
+  evaluation  the fixed evaluator (its start-up, the causality probe, the scoring)
+  pre-flight  the initial model scored on one row beside the first step (overlaps training)
+  idle        git, validation, journal writes, the worker's own work
+
+the training share at this budget and extrapolated to 300 s (the fixed costs kept, the training
+grown), and evaluation vs training tokens/s (the evaluator's record vs train.py's step lines).
+The reference row for autoresearch-mlx is the issue's measurement (same machine, tiny, 60 s).
+
+Goals: >= 80% of the wall time in training at a 60 s budget on this CPU; >= 93% extrapolated to
+300 s; evaluation >= 3x training's tokens/s.
+
+Usage: uv run python bench/efficiency.py [--profiles tiny,cpu] [--budget 60] [--trials 2]
+"""
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from test_worker import candidate, new_repo  # noqa: E402  (shared helpers)
+from worker import TrialSpec, Worker, make_full_bundle  # noqa: E402
+
+# Goals (issue #14).
+SHARE_GOAL, SHARE_300_GOAL, EVAL_SPEED_GOAL = 0.80, 0.93, 3.0
+# The cpu profile's train.py model (bench/overnight.py's CPU_MODEL): the tiny profile uses train.py as is.
+CPU_MODEL = {"DEPTH": "2", "HEAD_DIM": "64", "TOTAL_BATCH_SIZE": "2**10", "DEVICE_BATCH_SIZE": "8"}
+CORPUS_DOCS = 12000
+ALLOWANCE = 900
+# autoresearch-mlx's train.py (fp32 copy), tiny profile, 60 s, measured for the issue on this machine:
+# 22.9 s to step 0, 66.0 s training, 55.9 s evaluation, 151.6 s in all.
+REFERENCE = {"startup": 22.9, "training": 66.0, "evaluate": 55.9, "total": 151.6}
+PARTS = ("startup", "training", "evaluate", "preflight", "idle")
+STEP_RE = re.compile(r"^step (\d+) .*?tok/sec: ([\d,]+)", re.MULTILINE)
+
+
+def set_constants(text, values):
+    for name, value in values.items():
+        text, n = re.subn(rf"^{name} = [^#\n]+", f"{name} = {value} ", text, count=1, flags=re.MULTILINE)
+        assert n == 1, name
+    return text
+
+
+def training_tok_s(log_text):
+    """Median tokens/s of train.py's timed steps (the first step warms up and is left out)."""
+    rates = [int(r.replace(",", "")) for s, r in STEP_RE.findall(log_text) if int(s) > 0]
+    return statistics.median(rates) if rates else None
+
+
+def share_at(parts, budget, new_budget):
+    """Training share with the training part grown from `budget` to `new_budget`, fixed costs kept."""
+    training = parts["training"] + (new_budget - budget)
+    return training / (parts["total"] + (new_budget - budget))
+
+
+# Start-up of a training process, part by part (the same calls as train.py, in its order).
+STARTUP_CODE = r"""
+import time; t0 = time.perf_counter(); marks = []
+def mark(name): marks.append((name, time.perf_counter()))
+import mlx.core as mx, mlx.nn as nn; mark("import mlx")
+import prepare; mark("import prepare (pyarrow, tiktoken, rustbpe)")
+import train; mark("import train (model code)")
+tok = prepare.Tokenizer.from_directory(); mark("tokenizer")
+cfg = train.build_model_config(train.DEPTH, tok.get_vocab_size())
+model = train.GPT(cfg); model.init_weights(); mx.eval(model.parameters()); mark("model build + init")
+prepare.get_peak_flops(train.COMPUTE_DTYPE); mark("peak FLOPs (read from the cache)")
+opt = model.setup_optimizer(); mark("optimizer")
+B = min(train.DEVICE_BATCH_SIZE, max(1, train.TOTAL_BATCH_SIZE // prepare.MAX_SEQ_LEN))
+loader = prepare.make_dataloader(tok, B, prepare.MAX_SEQ_LEN, "train"); x, y, _ = next(loader); mark("data loader, first batch")
+lg = nn.value_and_grad(model, lambda m, a, b: m(a, b))
+loss, g = lg(model, x, y); opt.update(model, g); mx.eval(model.parameters(), opt.state); mark("one micro-batch step (warm-up)")
+prev = t0
+for name, t in marks:
+    print(f"{name}	{t - prev:.3f}"); prev = t
+"""
+
+
+def startup_parts(env, src):
+    """Seconds of each start-up part of a training process (python start measured apart)."""
+    from worker.runner import clean_env
+    full = {**os.environ, **clean_env(env)}
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], env=full, check=True)
+    parts = [("python start", time.perf_counter() - t)]
+    p = subprocess.run([sys.executable, "-c", STARTUP_CODE], cwd=src, env=full, capture_output=True, text=True)
+    if p.returncode:
+        sys.exit(f"start-up measurement failed:\n{p.stderr[-2000:]}")
+    parts += [(n, float(v)) for n, v in (line.split("\t") for line in p.stdout.splitlines() if "\t" in line)]
+    return parts
+
+
+def run_profile(profile, budget, n_trials, tmp: Path):
+    cache = tmp / "cache"
+    env = {"AUTORESEARCH_CACHE": str(cache), "AUTORESEARCH_PROFILE": profile}
+    t = time.time()
+    subprocess.run([sys.executable, "prepare.py", "--profile", profile, "--source", str(tmp / "corpus")],
+                   cwd=ROOT, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
+    print(f"[{profile}] prepared in {time.time() - t:.1f}s", flush=True)
+    files = {n: (ROOT / n).read_text() for n in ("prepare.py", "train.py", "evaluate.py", "target.toml", "program.md")}
+    if profile == "cpu":
+        files["train.py"] = set_constants(files["train.py"], CPU_MODEL)
+    src, base = new_repo(tmp / f"src-{profile}", files)
+    w = Worker(f"bench-{profile}", tmp / f"worker-{profile}", campaign="bench", heartbeat_s=0, env=env)
+    w.load_repo(make_full_bundle(src))
+    if w.info()["problem"]:
+        sys.exit(f"[{profile}] {w.info()['problem']}")
+    # (a generous start-up allowance: on a loaded machine the 120 s grace of an unmeasured track can end a
+    # trial; this bench measures where the time goes, not the clock)
+    first = w.run_trial(TrialSpec(trial_id=f"{profile}-base", commit=base, kind="baseline", seed=0,
+                                  time_budget=budget, smoke=False, allowance=ALLOWANCE))
+    if first.status != "ok":
+        sys.exit(f"[{profile}] baseline: {first.status} {first.reason}\n{first.log_tail}")
+    parts = startup_parts(env, src)
+    print(f"[{profile}] start-up parts: " + ", ".join(f"{n} {v:.2f}s" for n, v in parts), flush=True)
+    rows = []
+    for i in range(n_trials):
+        spec = candidate(src, base, {"train.py": files["train.py"] + f"\n# candidate {i}\n"}, seed=i + 1,
+                         smoke=True, time_budget=budget, trial_id=f"{profile}-c{i}", allowance=ALLOWANCE)
+        r = w.run_trial(spec)
+        if r.status != "ok":
+            sys.exit(f"[{profile}] candidate {i}: {r.status} {r.reason}\n{r.log_tail}")
+        train_rate = training_tok_s(Path(r.log_path).read_text())
+        eval_rate = (r.metrics.get("eval") or {}).get("tokens_per_second")
+        rows.append({**{k: r.timings[k] for k in (*PARTS, "total")}, "train_tok_s": train_rate, "eval_tok_s": eval_rate,
+                     "eval_batch": (r.metrics.get("eval") or {}).get("batch_size"),
+                     "eval_peak_mb": (r.metrics.get("eval") or {}).get("peak_memory_mb"),
+                     "train_peak_mb": (r.metrics.get("eval") or {}).get("train_peak_memory_mb"),
+                     "eval_seconds": (r.metrics.get("eval") or {}).get("seconds")})
+        print(f"[{profile}] candidate {i}: " + ", ".join(f"{k} {r.timings[k]:.1f}s" for k in (*PARTS, "total"))
+              + f"; train {train_rate} tok/s, eval {eval_rate} tok/s (batch {rows[-1]['eval_batch']}, peak "
+              f"{rows[-1]['eval_peak_mb']} MB vs training {rows[-1]['train_peak_mb']} MB); evaluator "
+              f"{rows[-1]['eval_seconds']}", flush=True)
+    w.stop()
+    return rows
+
+
+def report(profile, budget, rows):
+    mean = {k: statistics.mean(r[k] for r in rows) for k in (*PARTS, "total")}
+    share = mean["training"] / mean["total"]
+    rates = [r["eval_tok_s"] / r["train_tok_s"] for r in rows if r["eval_tok_s"] and r["train_tok_s"]]
+    speed = statistics.mean(rates) if rates else float("nan")
+    print(f"\n{profile}, {budget:g}s budget, {len(rows)} candidate trials (means):")
+    print("  " + " | ".join(f"{k} {mean[k]:.1f}s ({100 * mean[k] / mean['total']:.0f}%)" for k in PARTS)
+          + f" | total {mean['total']:.1f}s")
+    print(f"  training share: {100 * share:.1f}% (goal >= {100 * SHARE_GOAL:.0f}%: "
+          f"{'met' if share >= SHARE_GOAL else 'MISSED'}); extrapolated to 300 s: "
+          f"{100 * share_at(mean, budget, 300):.1f}% (goal >= {100 * SHARE_300_GOAL:.0f}%: "
+          f"{'met' if share_at(mean, budget, 300) >= SHARE_300_GOAL else 'MISSED'})")
+    print(f"  evaluation {speed:.2f}x training's tokens/s (goal >= {EVAL_SPEED_GOAL:g}x: "
+          f"{'met' if speed >= EVAL_SPEED_GOAL else 'MISSED'})")
+    other = mean["total"] - mean["training"]
+    print(f"  the {other:.1f}s not training: start-up {mean['startup']:.1f}s, evaluation {mean['evaluate']:.1f}s, "
+          f"idle {mean['idle']:.1f}s (the pre-flight, {mean['preflight']:.1f}s, overlaps the first step)")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--profiles", default="tiny,cpu", help="comma-separated prepare.py profiles (default tiny,cpu)")
+    p.add_argument("--budget", type=float, default=60.0, help="training seconds per trial (default 60)")
+    p.add_argument("--trials", type=int, default=2, help="candidate trials per profile (default 2)")
+    args = p.parse_args()
+    from datagen import write_corpus
+
+    print(f"load average at start: {os.getloadavg()}")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_corpus(tmp / "corpus", n_docs=CORPUS_DOCS, seed=0)
+        for profile in args.profiles.split(","):
+            results[profile] = run_profile(profile, args.budget, args.trials, tmp)
+    for profile, rows in results.items():
+        report(profile, args.budget, rows)
+    ref = REFERENCE
+    print(f"\nreference, autoresearch-mlx train.py by hand (the issue's measurement, tiny, 60 s): start-up "
+          f"{ref['startup']}s, training {ref['training']}s, evaluation {ref['evaluate']}s, total {ref['total']}s: "
+          f"training share {100 * ref['training'] / ref['total']:.1f}%, at 300 s "
+          f"{100 * share_at(ref, 60, 300):.1f}%")
+    print(f"load average at end: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
