@@ -43,6 +43,7 @@ from pathlib import Path
 
 from agents.base import ImplementationError
 from coordinator.agent_runner import AgentRunner, AgentStartError
+from coordinator.budget import require_budget, track_of
 from coordinator.config import SwarmConfig, config_from_dict, default_campaign_tag
 from coordinator.mainline import MainlineRepo, PatchImplementer
 from coordinator.scheduler import Policy, fresh_candidates, next_decision, schedule
@@ -259,6 +260,8 @@ class Campaign:
         else:
             self._check_resumable()
         # everything that can refuse to start is checked before the campaign's first event
+        require_budget(cfg.time_budget, self.target,    # coordinator/budget.py: a fork without one is refused
+                       self.mainline.read(self.initial or st.initial_commit, "prepare.py"))
         self.policy = Policy.from_config(self.cfg, self.target.direction)
         self.agent_plan = self._plan_agent()
         self.patcher = PatchImplementer()
@@ -600,11 +603,10 @@ class Campaign:
             self.worker_problems[slot.name] = info["problem"]
             self._retire(slot, f"cannot run trials: {info['problem']}", joined=False)
             return
-        track = info.get("track")
-        if self.cfg.time_budget:
-            parts = track.split("/")
-            parts[-2] = f"{float(self.cfg.time_budget):g}s"
-            track = "/".join(parts)
+        track = track_of(info, self.cfg.time_budget)       # coordinator/budget.py
+        if track is None:
+            self._retire(slot, "no time budget: give --time-budget or time_budget in target.toml", joined=False)
+            return
         fp = self.state.fingerprints.get(track)
         if fp and info.get("data_fingerprint") != fp:
             self._retire(slot, f"its data fingerprint {info.get('data_fingerprint')} differs from track "

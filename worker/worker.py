@@ -29,7 +29,7 @@ from .classify import Classified, tail
 from .repo import BUNDLE_SIGNATURE, CandidateError, WorkerRepo, branch_name
 from .runner import clean_env
 from .sandbox import SandboxError, resolve_mode
-from .target import Target, TargetError, fmt_seconds
+from .target import Target, TargetError, track_name
 from .validate import validate
 
 # Seconds between worker_heartbeat events (the coordinator's lease is several of these).
@@ -204,8 +204,9 @@ class Worker:
         if not fp.get("fingerprint"):
             return {}, f"the fingerprint command printed no fingerprint: {lines[-1][:200]}"
         fp.setdefault("profile", None)
-        if not fp.get("time_budget"):
-            fp["time_budget"] = self.target.time_budget
+        if not fp.get("time_budget"):   # else target.toml's, else the fork's prepare.py constant
+            from .fork import budget_of     # here: `python -m worker.fork` runs that module as __main__
+            fp["time_budget"] = self.target.time_budget or budget_of(self.repo.path)
         if self.expected_fingerprint and fp["fingerprint"] != self.expected_fingerprint:
             return fp, (f"data fingerprint mismatch: this worker's prepared data is {fp['fingerprint'][:12]}, "
                         f"the campaign's is {self.expected_fingerprint[:12]}; prepare the same data "
@@ -217,8 +218,7 @@ class Worker:
         budget = budget or self.fingerprint.get("time_budget")
         if not fp or not budget:
             return None
-        profile = self.fingerprint.get("profile") or self.target.name
-        return f"{self.hardware_class}/{profile}/{fmt_seconds(budget)}s/{fp[:12]}"
+        return track_name(self.hardware_class, self.fingerprint.get("profile") or self.target.name, budget, fp)
 
     def info(self) -> dict:
         return {"name": self.name, "hardware_class": self.hardware_class, "hardware": self.hardware,
@@ -347,7 +347,10 @@ class Worker:
         # -- smoke run: a few steps, tiny eval; a failure makes the candidate invalid
         allowance, allowance_from = self._allowance(spec, mine)
         timings["allowance"] = allowance
-        if spec.smoke:
+        if spec.smoke and not self.target.smoke:
+            _write_log(log_path, "# smoke run skipped: target.toml says smoke = false (the target cannot shorten "
+                                 "its evaluation, so a smoke run would be a full one)\n")
+        elif spec.smoke:
             t = time.monotonic()
             self._set_state(phase="smoke")
             smoke_log = log_path.with_name(log_path.stem + ".smoke.log")
