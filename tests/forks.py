@@ -151,6 +151,8 @@ while time.time() - t0 < TIME_BUDGET:
     loss, grads = loss_and_grad(model, x, y)
     optimizer.update(model, grads)
     mx.eval(model.parameters(), optimizer.state)
+    if step == 0:
+        print(f"step 00000 | loss: {loss.item():.6f}")
     step += 1
 training_seconds = time.time() - t0
 
