@@ -310,3 +310,39 @@ def test_swarm_init_then_run_trains_the_fork_unchanged(tmp_path):
 
     assert {k: v for k, v in hashes(fork).items() if k != "target.toml"} == original   # the fork unchanged
     assert {str(p): p.read_bytes() for p in cache.rglob("*") if p.is_file()} == cache_before
+
+
+def test_a_machine_with_an_nvidia_gpu_is_a_class_of_its_own(tmp_path, monkeypatch):
+    """A CUDA fork trains on the GPU, which MLX's CPU build does not see: the class names it, so a
+    CUDA fork's results never share a track with another GPU's (nvidia-smi answered by a script)."""
+    from worker.hardware import detect
+    plain, _ = detect()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H200, 143771'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    cls, details = detect()
+    if details["mlx_backend"] == "cpu":
+        assert cls == f"{plain}-cuda-h200-140gb" and details["gpu"] == "NVIDIA H200"
+
+
+def test_the_forks_data_cache_is_read_only_in_the_sandbox(tmp_path):
+    """target.toml's `data` is bound read-only: a trial reads the cache and cannot change it."""
+    from worker import trial
+    from worker.sandbox import resolve_mode, wrap
+    cache = tmp_path / "home" / ".cache" / "autoresearch"
+    cache.mkdir(parents=True)
+    (cache / "shard.txt").write_text("data")
+    repo, scratch = tmp_path / "repo", tmp_path / "scratch"
+    repo.mkdir(), scratch.mkdir()
+    target = Target.from_toml(f'data = ["{cache}"]\ntime_budget = 1\n')
+    setup = trial.Setup(target, sys.executable, repo, {}, resolve_mode("bwrap"))
+    policy = trial._policy(setup, hidden=(), writable=(scratch,))
+    code = (f"print(open({str(cache / 'shard.txt')!r}).read())\n"
+            f"open({str(cache / 'shard.txt')!r}, 'a').write('x')\n")
+    argv, env = wrap([sys.executable, "-c", code], policy, "bwrap", {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home")})
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "data" and r.returncode != 0 and "Read-only file system" in r.stderr
+    assert (cache / "shard.txt").read_text() == "data"
