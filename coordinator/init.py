@@ -84,7 +84,7 @@ def render(layout: Layout) -> str:
 def assumptions(layout: Layout) -> list[str]:
     """What `swarm init` assumed, one line each."""
     out = [f"framework: {layout.framework or 'none found'}"
-           + (f" ({NEEDS[layout.framework]})" if layout.framework in NEEDS else ""),
+           + (f": {NEEDS[layout.framework]}" if layout.framework in NEEDS else ""),
            f"editable: {', '.join(layout.editable)}; fixed: {', '.join(layout.fixed) or 'nothing'}"]
     if layout.constants_module:
         out.append(f"budget: {layout.constants_module}.{BUDGET_CONSTANT} = {layout.budget:g} s (the launcher sets it "
@@ -139,7 +139,18 @@ def run(args) -> int:
     else:
         path.write_text(text)
         print(f"wrote {path}" + (" (overwrote the previous one)" if old is not None else ""))
-    print(f"next: commit it (`git -C {root} add {TARGET_FILE} && git -C {root} commit -m 'swarm target'`: a "
-          f"campaign starts from the last commit), prepare the data with the fork's own `uv run {CONSTANTS_FILE}` "
-          f"on every worker, then `uv run swarm run --repo {root}`")
+    steps = []
+    if not _committed(root, TARGET_FILE):
+        steps.append(f"commit it (`git -C {root} add {TARGET_FILE} && git -C {root} commit -m 'swarm target'`: "
+                     "a campaign starts from the last commit)")
+    steps += [f"prepare the data with the fork's own `uv run {CONSTANTS_FILE}` in its folder on every worker",
+              f"`uv run swarm doctor --repo {root}`", f"`uv run swarm run --repo {root}`"]
+    print("next: " + "; ".join(steps))
     return 0
+
+
+def _committed(root: Path, path: str) -> bool:
+    """The file is in the fork's last commit, as it is on disk."""
+    from safety.gitsafe import run_git
+    p = run_git(["status", "--porcelain", "--untracked-files=all", "--", path], root, capture_output=True, text=True)
+    return p.returncode == 0 and not p.stdout.strip()

@@ -221,12 +221,15 @@ def test_swarm_init_writes_once_and_never_clobbers_an_edit(tmp_path):
     r = swarm(["init", "--repo", str(fork)], env, tmp_path)
     assert r.returncode == 0, r.stderr
     assert "framework: mlx" in r.stdout and "mx.random.seed" in r.stdout and "NOT prepared yet" in r.stdout
+    assert "commit it" in r.stdout                                   # a campaign starts from the last commit
     text = (fork / "target.toml").read_text()
     t = Target.from_toml(text)
     assert t.self_reported and not t.smoke and t.fixed == ("prepare.py",) and t.data == ("~/.cache/autoresearch",)
     assert "worker.launch" in t.run and t.time_budget is None         # the budget stays prepare.py's
+    git(fork, "add", "target.toml")
+    git(fork, "commit", "-q", "-m", "swarm target")
     r = swarm(["init", "--repo", str(fork)], env, tmp_path)
-    assert r.returncode == 0 and "already up to date" in r.stdout
+    assert r.returncode == 0 and "already up to date" in r.stdout and "commit it" not in r.stdout
     edited = text.replace('direction = "minimize"', 'direction = "minimize"\ntime_budget = 60')
     (fork / "target.toml").write_text(edited)
     r = swarm(["init", "--repo", str(fork)], env, tmp_path)
