@@ -288,6 +288,8 @@ class Campaign:
                    initial_content=self._code(initial))
         self.log(f"campaign {cfg.campaign}: started from {initial[:12]} in {cfg.repo_path} "
                  f"(journal {self.journal.url})")
+        if cfg.smoke is not False and not self.target.smoke:   # a fork: each trial's log says it again
+            self.log("note: no smoke runs: target.toml says smoke = false (its evaluation cannot be shortened)")
 
     def _check_resumable(self):
         """The campaign's repository and settings, before anything is journaled."""

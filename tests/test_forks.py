@@ -291,6 +291,7 @@ def test_swarm_init_then_run_trains_the_fork_unchanged(tmp_path):
                "--campaign", "fork", "--agent", "offline", "--time-budget", "2", "--baseline-trials", "2",
                "--max-trials", "4", "--sandbox", "bwrap"], env, tmp_path, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "no smoke runs: target.toml says smoke = false" in r.stdout + r.stderr
 
     with open_journal(str(db), campaign="fork") as j:
         events = [ev for _, ev in j.read()]
@@ -349,3 +350,29 @@ def test_the_forks_data_cache_is_read_only_in_the_sandbox(tmp_path):
     r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "data" and r.returncode != 0 and "Read-only file system" in r.stderr
     assert (cache / "shard.txt").read_text() == "data"
+
+
+def test_a_worker_takes_the_forks_budget_from_prepare_py(tmp_path, monkeypatch):
+    """The default fingerprint prints no budget: the worker's track names prepare.py's TIME_BUDGET,
+    and target.toml's time_budget wins over it."""
+    from worker import Worker, make_full_bundle
+    home = tmp_path / "home"
+    fork = write_mlx_fork(tmp_path / "fork", budget_line="TIME_BUDGET = 4 * 60")
+    prepare_fork(fork, fork_env(home))
+    monkeypatch.setenv("HOME", str(home))
+    assert swarm(["init", "--repo", str(fork)], fork_env(home), tmp_path).returncode == 0
+    git(fork, "add", "target.toml")
+    git(fork, "commit", "-q", "-m", "swarm target")
+    w = Worker("w1", tmp_path / "w1", campaign="fork", heartbeat_s=0, sandbox="off")
+    try:
+        w.load_repo(make_full_bundle(fork))
+        info = w.info()
+        assert info["problem"] is None and info["time_budget"] == 240
+        assert info["track"] == f"{w.hardware_class}/fork/240s/{fingerprint(fork, str(home))['fingerprint'][:12]}"
+        text = (fork / "target.toml").read_text().replace("# time_budget = 240", "time_budget = 90")
+        (fork / "target.toml").write_text(text)
+        git(fork, "commit", "-q", "-am", "90 s")
+        w.load_repo(make_full_bundle(fork))
+        assert w.info()["time_budget"] == 90 and "/90s/" in w.info()["track"]
+    finally:
+        w.stop()
