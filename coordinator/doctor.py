@@ -140,7 +140,8 @@ def check_data(repo=REPO_ROOT, expected=None, python=None, env=None):
         what = f"fork {target.name}, fingerprint {value[:12]}" + (f", data {', '.join(target.data)}" if target.data else "")
         fp["time_budget"] = budget
     if fp.get("time_budget"):
-        what += f", time budget {fp['time_budget']:g} s"
+        b = fp["time_budget"]
+        what += f", time budget {b:g} s" if isinstance(b, int | float) else f", time budget {b} s"
     if expected and value != expected and target.self_reported:
         return False, f"{what}: differs from the expected {expected[:12]}", \
             f"prepare the same data as the head with the fork's own command: {_fork_prepare(repo, target)}, " \

@@ -166,13 +166,13 @@ def inspect(fork_dir, home: str | None = None) -> Layout:
                         "train.py, program.md); write target.toml by hand for other layouts (see the README)")
     out = Layout(root, editable=["train.py"])
     train_tree = _parse(train)
-    imported = _imports(train_tree)
+    imported = imported_modules(train)
     out.fixed = sorted(f"{m}.py" for m in imported if (root / f"{m}.py").is_file() and m != "train")
     prepare = root / CONSTANTS_FILE
     consts = {}
     if prepare.is_file():
         consts = constants(prepare.read_text(), home)
-        imported |= _imports(_parse(prepare))
+        imported |= imported_modules(prepare)
         if CONSTANTS_FILE not in out.fixed:
             out.fixed.insert(0, CONSTANTS_FILE)
     else:
@@ -213,14 +213,19 @@ def _parse(path: Path):
         raise ForkError(f"{path} does not parse: {e}") from None
 
 
-def _imports(tree) -> set:
-    """Top-level module names a file imports (anywhere in it)."""
+def imported_modules(*files) -> set:
+    """Top-level module names the given Python files import (anywhere in them)."""
     names = set()
-    for n in ast.walk(tree):
-        if isinstance(n, ast.Import):
-            names |= {a.name.split(".")[0] for a in n.names}
-        elif isinstance(n, ast.ImportFrom) and n.module and not n.level:
-            names.add(n.module.split(".")[0])
+    for f in files:
+        try:
+            tree = ast.parse(Path(f).read_text())
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Import):
+                names |= {a.name.split(".")[0] for a in n.names}
+            elif isinstance(n, ast.ImportFrom) and n.module and not n.level:
+                names.add(n.module.split(".")[0])
     return names
 
 

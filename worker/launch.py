@@ -17,7 +17,6 @@ says what it set, and one at exit how many seeding calls it offset.
 """
 
 import argparse
-import ast
 import atexit
 import functools
 import importlib
@@ -25,6 +24,8 @@ import numbers
 import runpy
 import sys
 from pathlib import Path
+
+from worker.fork import imported_modules
 
 # Seeding functions offset by the trial's seed, by the module that holds them (attribute paths).
 # Only modules the fork imports are touched: the launcher never imports torch for an MLX fork.
@@ -79,22 +80,6 @@ def patch_seeders(module_name: str, module, by: int, calls: list) -> list:
     return done
 
 
-def imported_roots(*files) -> set:
-    """Top-level modules the given Python files import."""
-    names = set()
-    for f in files:
-        try:
-            tree = ast.parse(Path(f).read_text())
-        except (OSError, SyntaxError):
-            continue
-        for n in ast.walk(tree):
-            if isinstance(n, ast.Import):
-                names |= {a.name.split(".")[0] for a in n.names}
-            elif isinstance(n, ast.ImportFrom) and n.module and not n.level:
-                names.add(n.module.split(".")[0])
-    return names
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m worker.launch",
                                 description="Run an upstream-shaped train.py with the trial's seed and budget.")
@@ -121,7 +106,7 @@ def main(argv=None):
         said.append(f"{a.constants}.{a.budget_name} = {budget}")
 
     calls: list = []
-    roots = imported_roots(script, *(m.__file__ for m in [sys.modules.get(a.constants)] if m and m.__file__))
+    roots = imported_modules(script, *(m.__file__ for m in [sys.modules.get(a.constants)] if m and m.__file__))
     wrapped = []
     for name in SEEDERS:
         if name.split(".")[0] in roots:

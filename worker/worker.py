@@ -26,6 +26,7 @@ from journal.events import result_event_id
 
 from . import hardware, trial
 from .classify import Classified, tail
+from .fork import budget_of
 from .repo import BUNDLE_SIGNATURE, CandidateError, WorkerRepo, branch_name
 from .runner import clean_env
 from .sandbox import SandboxError, resolve_mode
@@ -205,7 +206,6 @@ class Worker:
             return {}, f"the fingerprint command printed no fingerprint: {lines[-1][:200]}"
         fp.setdefault("profile", None)
         if not fp.get("time_budget"):   # else target.toml's, else the fork's prepare.py constant
-            from .fork import budget_of     # here: `python -m worker.fork` runs that module as __main__
             fp["time_budget"] = self.target.time_budget or budget_of(self.repo.path)
         if self.expected_fingerprint and fp["fingerprint"] != self.expected_fingerprint:
             return fp, (f"data fingerprint mismatch: this worker's prepared data is {fp['fingerprint'][:12]}, "
