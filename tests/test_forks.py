@@ -376,3 +376,26 @@ def test_a_worker_takes_the_forks_budget_from_prepare_py(tmp_path, monkeypatch):
         assert w.info()["time_budget"] == 90 and "/90s/" in w.info()["track"]
     finally:
         w.stop()
+
+
+def test_init_reads_a_pytorch_fork_without_torch(tmp_path):
+    """karpathy's original shape: prepare.py imports torch at the top, train.py seeds CPU and CUDA.
+    Nothing is imported, so `swarm init` reads it on a machine without torch."""
+    from coordinator.init import assumptions, render
+    fork = tmp_path / "autoresearch"
+    fork.mkdir()
+    (fork / "prepare.py").write_text("import torch\nimport rustbpe\n" + UPSTREAM_CONSTANTS)
+    (fork / "train.py").write_text(textwrap.dedent('''
+        import torch
+        from kernels import get_kernel
+        from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, make_dataloader, evaluate_bpb
+        torch.manual_seed(42)
+        torch.cuda.manual_seed(42)
+    '''))
+    layout = inspect(fork, home="/h")
+    assert layout.framework == "pytorch" and layout.seeds == ["torch.cuda.manual_seed", "torch.manual_seed"]
+    assert layout.budget == 300 and layout.cache_dir == "/h/.cache/autoresearch"
+    assert layout.val_file == "/h/.cache/autoresearch/data/shard_06542.parquet"
+    t = Target.from_toml(render(layout))
+    assert t.fixed == ("prepare.py",) and "--constants prepare" in t.run and t.data == ("/h/.cache/autoresearch",)
+    assert any("NVIDIA GPU" in line for line in assumptions(layout))
