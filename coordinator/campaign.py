@@ -38,6 +38,7 @@ import signal
 import threading
 import time
 
+from coordinator.budget import require_budget
 from coordinator.candidates import Candidates
 from coordinator.config import CampaignError, SwarmConfig, config_from_dict, default_campaign_tag
 from coordinator.decisions import Decisions
@@ -145,6 +146,7 @@ class Campaign:
         else:
             self._check_resumable()
             initial = st.initial_commit
+        require_budget(cfg.time_budget, self.target, self.mainline.read(initial, "prepare.py"))  # a fork may have none
         self.policy = Policy.from_config(cfg, self.target.direction)
         self.candidates = Candidates(cfg, self.rec, self.mainline, self.target)
         self.agents.plan(self.target, self.candidates, self.given_agent, initial)
@@ -210,6 +212,8 @@ class Campaign:
                       initial_content=self.candidates.code(initial))
         self.log(f"campaign {cfg.campaign}: started from {initial[:12]} in {cfg.repo_path} "
                  f"(journal {self.journal.url})")
+        if cfg.smoke is not False and not self.target.smoke:   # a fork: each trial's log says it again
+            self.log("note: no smoke runs: target.toml says smoke = false (its evaluation cannot be shortened)")
 
     def _resume(self):
         st = self.state

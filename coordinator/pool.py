@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import RayActorError
 
+from coordinator.budget import track_of
 from coordinator.config import CampaignError
 from journal.events import result_event_id
 from worker.actor import remote_class
@@ -153,11 +154,10 @@ class WorkerPool:
             self.problems[slot.name] = info["problem"]
             self.retire(slot, f"cannot run trials: {info['problem']}", joined=False)
             return
-        track = info.get("track")
-        if self.cfg.time_budget:
-            parts = track.split("/")
-            parts[-2] = f"{float(self.cfg.time_budget):g}s"
-            track = "/".join(parts)
+        track = track_of(info, self.cfg.time_budget)
+        if track is None:
+            self.retire(slot, "no time budget: give --time-budget or time_budget in target.toml", joined=False)
+            return
         fp = self.state.fingerprints.get(track)
         if fp and info.get("data_fingerprint") != fp:
             self.retire(slot, f"its data fingerprint {info.get('data_fingerprint')} differs from track "

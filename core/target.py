@@ -41,6 +41,8 @@ DEFAULTS = {
     "grace": 120,              # seconds of start-up allowed on top of the budget until the worker has
                                # measured its mainline's start-up (the worker's clock, see worker.py)
     "data": [],                # further folders a trial may read in the sandbox (e.g. a fork's data cache)
+    "smoke": True,             # false: no smoke run (a fork whose evaluation cannot be shortened would
+                               # run a full evaluation as its smoke run)
 }
 
 # The run command of a target.toml that names no evaluator (and no run): upstream's own flags.
@@ -71,6 +73,7 @@ class Target:
     time_budget: float | None = DEFAULTS["time_budget"]
     grace: float = DEFAULTS["grace"]
     data: tuple = tuple(DEFAULTS["data"])
+    smoke: bool = DEFAULTS["smoke"]
 
     # ---- loading -------------------------------------------------------------------------
 
@@ -101,6 +104,7 @@ class Target:
         need("direction", lambda v: v in ("minimize", "maximize"), "\"minimize\" or \"maximize\"")
         need("smoke_budget", is_num, "a number of seconds > 0")
         need("grace", is_num, "a number of seconds > 0")
+        need("smoke", lambda v: isinstance(v, bool), "true or false")
         need("time_budget", lambda v: v is None or is_num(v), "a number of seconds > 0")
         need("smoke_env", lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
              "a table of string values, e.g. { AUTORESEARCH_EVAL_TOKENS = \"2048\" }")
@@ -133,7 +137,7 @@ class Target:
                    direction=merged["direction"],
                    fingerprint=merged["fingerprint"], smoke_budget=merged["smoke_budget"],
                    smoke_env=dict(merged["smoke_env"]), time_budget=merged["time_budget"],
-                   grace=merged["grace"], data=tuple(merged["data"]))
+                   grace=merged["grace"], data=tuple(merged["data"]), smoke=merged["smoke"])
 
     @classmethod
     def from_toml(cls, text: str, where: str = TARGET_FILE) -> "Target":
@@ -200,6 +204,11 @@ def parse_fingerprint(stdout: str) -> dict:
     if not isinstance(fp, dict):
         fp = {"fingerprint": str(fp)}
     return fp if fp.get("fingerprint") else {}
+
+
+def track_name(hardware_class: str, profile: str, budget: float, fingerprint: str) -> str:
+    """A track: results are compared only within one (same hardware class, data, profile, budget)."""
+    return f"{hardware_class}/{profile}/{fmt_seconds(budget)}s/{fingerprint[:12]}"
 
 
 def fmt_seconds(x: float) -> str:

@@ -8,6 +8,7 @@
     swarm journal ...                       the lab journal (table, markdown, results.tsv, plot)
     swarm trial   ...                       run one commit once, as a worker would
     swarm doctor  ...                       is this machine / journal / Ray cluster ready?
+    swarm init    --repo FORK               a commented target.toml for an upstream-shaped fork
     swarm dashboard ...                     a live web page of the campaign (dashboard/)
 
 Settings come from flags over an optional swarm.toml (at the repo root, or
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     _lazy(p, "worker.cli")
     p = sub.add_parser("doctor", help="check that this machine, the journal and the Ray cluster are ready")
     _lazy(p, "swarm.doctor")
+    p = sub.add_parser("init", help="write a commented target.toml for your autoresearch fork")
+    _lazy(p, "swarm.init")
     p = sub.add_parser("dashboard", help="a live web page of a campaign, served from its journal")
     _lazy(p, "dashboard.cli")
     return parser

@@ -117,6 +117,9 @@ def check_data(repo=REPO_ROOT, expected=None, python=None, env=None):
         return False, f"could not run {' '.join(cmd)}: {e}", f"run it by hand in {repo} and read its error"
     if p.returncode != 0:
         said = " ".join((p.stderr or p.stdout or "").strip().splitlines()[-3:])[:400]
+        if target.self_reported:
+            return False, f"no prepared data for {target.name}: {said or f'exit {p.returncode}'}", \
+                f"prepare it with the fork's own command: {_fork_prepare(repo, target)}"
         return False, f"no prepared data for profile {profile}: {said or f'exit {p.returncode}'}", \
             f"prepare it: `AUTORESEARCH_PROFILE={profile} uv run prepare.py` in {repo} " \
             "(same profile and source as the head)"
@@ -126,14 +129,32 @@ def check_data(repo=REPO_ROOT, expected=None, python=None, env=None):
         return False, f"the fingerprint command printed no fingerprint: {p.stdout.strip()[:200]}", \
             f"run {' '.join(cmd)} in {repo} and read its output"
     what = f"profile {fp.get('profile', profile)}, fingerprint {value[:12]}"
+    if target.self_reported:        # a fork: its budget and cache as the worker will use them
+        from worker.fork import budget_of
+        budget = fp.get("time_budget") or target.time_budget or budget_of(repo)
+        what = f"fork {target.name}, fingerprint {value[:12]}" + (f", data {', '.join(target.data)}" if target.data else "")
+        fp["time_budget"] = budget
     if fp.get("time_budget"):
-        what += f", time budget {fp['time_budget']} s"
+        b = fp["time_budget"]
+        what += f", time budget {b:g} s" if isinstance(b, int | float) else f", time budget {b} s"
+    if expected and value != expected and target.self_reported:
+        return False, f"{what}: differs from the expected {expected[:12]}", \
+            f"prepare the same data as the head with the fork's own command: {_fork_prepare(repo, target)}, " \
+            f"then compare `{' '.join(cmd)}` on both"
     if expected and value != expected:
         return False, f"{what}: differs from the expected {expected[:12]}", \
             "prepare the same data as the head (same profile, same --source or shards): " \
             f"`AUTORESEARCH_PROFILE={fp.get('profile', profile)} uv run prepare.py`, then compare " \
             "`uv run prepare.py --fingerprint` on both"
     return True, what + (" (as expected)" if expected else ""), None
+
+
+def _fork_prepare(repo: Path, target) -> str:
+    """A fork's own data preparation, as its README would say it (never this project's profiles)."""
+    where = f" (it fills {', '.join(target.data)})" if target.data else ""
+    if (Path(repo) / "prepare.py").is_file():
+        return f"`cd {repo} && uv run prepare.py`{where}"
+    return f"the fork's own preparation step in {repo}{where}"
 
 
 def _sha256(path: Path) -> str | None:

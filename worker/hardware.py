@@ -122,4 +122,8 @@ def detect(python: str = sys.executable, env: dict | None = None) -> tuple[str, 
     else:
         # the CPU build: the cores this process may use set the pace
         hardware_class = f"cpu-{chip_slug}-{cores}c-{memory_gb}gb"
+        gpu, gpu_mem = _nvidia_gpu()
+        if gpu:     # a fork's own framework (PyTorch on CUDA) may train on it: part of the machine's class
+            details["gpu"] = gpu
+            hardware_class += f"-cuda-{slug(gpu.replace('NVIDIA', '')) or 'gpu'}-{round(gpu_mem / 2**30)}gb"
     return hardware_class, details

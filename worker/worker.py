@@ -20,11 +20,12 @@ import traceback
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from core.target import Target, TargetError, fmt_seconds, parse_fingerprint
+from core.target import Target, TargetError, parse_fingerprint, track_name
 from journal.events import result_event_id
 
 from . import accounting, hardware, trial
 from .classify import Classified, tail
+from .fork import budget_of
 from .journal_writer import JournalWriter
 from .repo import BUNDLE_SIGNATURE, CandidateError, WorkerRepo, branch_name
 from .runner import clean_env
@@ -185,8 +186,8 @@ class Worker:
         if not fp:
             return {}, f"the fingerprint command {' '.join(cmd)} printed no fingerprint: {p.stdout.strip()[-200:]}"
         fp.setdefault("profile", None)
-        if not fp.get("time_budget"):
-            fp["time_budget"] = self.target.time_budget
+        if not fp.get("time_budget"):   # else target.toml's, else the fork's prepare.py constant
+            fp["time_budget"] = self.target.time_budget or budget_of(self.repo.path)
         if self.expected_fingerprint and fp["fingerprint"] != self.expected_fingerprint:
             return fp, (f"data fingerprint mismatch: this worker's prepared data is {fp['fingerprint'][:12]}, "
                         f"the campaign's is {self.expected_fingerprint[:12]}; prepare the same data "
@@ -198,8 +199,7 @@ class Worker:
         budget = budget or self.fingerprint.get("time_budget")
         if not fp or not budget:
             return None
-        profile = self.fingerprint.get("profile") or self.target.name
-        return f"{self.hardware_class}/{profile}/{fmt_seconds(budget)}s/{fp[:12]}"
+        return track_name(self.hardware_class, self.fingerprint.get("profile") or self.target.name, budget, fp)
 
     def info(self) -> dict:
         return {"name": self.name, "hardware_class": self.hardware_class, "hardware": self.hardware,
@@ -331,7 +331,10 @@ class Worker:
         timings["allowance"] = allowance
         # a target with the fixed evaluator gets the pre-flight inside its own trial instead (worker/trial.py)
         preflight = spec.smoke and not self.target.self_reported
-        if spec.smoke and self.target.self_reported:
+        if spec.smoke and self.target.self_reported and not self.target.smoke:
+            _write_log(log_path, "# smoke run skipped: target.toml says smoke = false (the target cannot shorten "
+                                 "its evaluation, so a smoke run would be a full one)\n")
+        elif spec.smoke and self.target.self_reported:
             t = time.monotonic()
             self._set_state(phase="smoke")
             smoke_log = log_path.with_name(log_path.stem + ".smoke.log")
