@@ -105,7 +105,7 @@ def track_row(state: CampaignView, name):
 ACCELERATOR_PARTS = ("startup", "training", "evaluate", "preflight", "smoke", "idle")
 
 
-def accelerator_time(state: CampaignState) -> dict:
+def accelerator_time(state: CampaignView) -> dict:
     """worker -> {trials, total, startup, training, evaluate, preflight, smoke, idle, training_share}
     summed over its finished trials that report the split (older journals: none, so no entry)."""
     out = {}
@@ -122,7 +122,7 @@ def accelerator_time(state: CampaignState) -> dict:
     return out
 
 
-def accelerator_rows(state: CampaignState) -> list:
+def accelerator_rows(state: CampaignView) -> list:
     """(worker, trials, training %, seconds per part...) as display strings, one row per worker."""
     rows = []
     for name, w in sorted(accelerator_time(state).items()):
