@@ -24,6 +24,11 @@ TARGET_FILES = ("train.py", "prepare.py", "evaluate.py", "target.toml", "program
 # target's `grace`): generous, as this test is about the path, not the clock, and on a loaded
 # machine a 4 s trial has taken over 120 s to start.
 GRACE_S = 900
+# A worker silent this long loses its trial. Generous: this test is not about leases, and a trial
+# that outlasts the lease is retired when it ends (the coordinator reads the worker's trial_finished
+# before the Ray result, and then counts the silence from the dispatch: coordinator/campaign.py
+# _check_leases); at load 30 one trial here took 279 s.
+LEASE_S = 900
 
 
 def test_real_training_campaign(tiny_data, tmp_path):
@@ -36,7 +41,8 @@ def test_real_training_campaign(tiny_data, tmp_path):
     env = {k: v for k, v in tiny_data.env.items() if k != "LD_PRELOAD"}   # the worker preloads OpenBLAS
     env["AUTORESEARCH_EVAL_TOKENS"] = "4096"                                # a short eval keeps CI fast
     cfg = load_config({"repo": str(repo), "campaign": "e2e", "workers": 1, "time_budget": 4, "smoke": False,
-                       "baseline_trials": 2, "max_trials": 3, "poll_s": 0.2, "env": env}, environ={})
+                       "baseline_trials": 2, "max_trials": 3, "poll_s": 0.2, "lease_s": LEASE_S, "env": env},
+                      environ={})
     logs = []
     try:
         reason = Campaign(cfg, log=logs.append).run()

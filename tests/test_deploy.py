@@ -52,7 +52,7 @@ EVAL_TOKENS = "8192"               # a small validation set keeps each trial sho
 LEASE_S = 15                       # a silent worker loses its trial after this long
 MAX_TRIALS = 4                     # 2 baselines in parallel, then 1 baseline + 1 candidate, then the re-run
 OBJECT_STORE = "100000000"         # bytes of object store per node (bundles are small)
-CAMPAIGN_TIMEOUT = 780             # seconds for the whole campaign, at most (a loaded machine; pytest stops a test at 900)
+CAMPAIGN_TIMEOUT = 1500            # seconds for the whole campaign, at most (~12 min at load 20-30; pytest stops a test at 1800)
 # Target files copied into the research repository the campaign works on.
 TARGET_FILES = ("prepare.py", "train.py", "evaluate.py", "target.toml", "program.md")
 # Start-up seconds a trial may take on top of its budget until its worker has measured one (the
