@@ -336,6 +336,9 @@ class WorkerPool:
             if slot.trial is None:
                 continue
             mine.add(slot.trial)
+            t = self.state.trials.get(slot.trial)
+            if t is not None and t.status != "running":
+                continue      # finished in the journal (the worker wrote it): its Ray result is on its way
             lease = self.state.leases.get(slot.trial)
             last = max(slot.dispatched, slot.alive_at, lease.last_seen if lease else 0.0)
             silent = now - last
