@@ -26,7 +26,6 @@ Usage: uv run python bench/efficiency.py [--profiles tiny,cpu] [--budget 60] [--
 import argparse
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,17 @@ PARTS = ("startup", "training", "evaluate", "preflight", "idle")
 STEP_RE = re.compile(r"^step (\d+) .*?tok/sec: ([\d,]+)", re.MULTILINE)
 
 
+def median(xs):
+    # (not the statistics module: bench/statistics.py shadows it when this script runs)
+    xs = sorted(xs)
+    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
+
+
+def mean(xs):
+    xs = list(xs)
+    return sum(xs) / len(xs)
+
+
 def set_constants(text, values):
     for name, value in values.items():
         text, n = re.subn(rf"^{name} = [^#\n]+", f"{name} = {value} ", text, count=1, flags=re.MULTILINE)
@@ -63,7 +73,7 @@ def set_constants(text, values):
 def training_tok_s(log_text):
     """Median tokens/s of train.py's timed steps (the first step warms up and is left out)."""
     rates = [int(r.replace(",", "")) for s, r in STEP_RE.findall(log_text) if int(s) > 0]
-    return statistics.median(rates) if rates else None
+    return median(rates) if rates else None
 
 
 def share_at(parts, budget, new_budget):
@@ -154,22 +164,22 @@ def run_profile(profile, budget, n_trials, tmp: Path):
 
 
 def report(profile, budget, rows):
-    mean = {k: statistics.mean(r[k] for r in rows) for k in (*PARTS, "total")}
-    share = mean["training"] / mean["total"]
+    avg = {k: mean(r[k] for r in rows) for k in (*PARTS, "total")}
+    share = avg["training"] / avg["total"]
     rates = [r["eval_tok_s"] / r["train_tok_s"] for r in rows if r["eval_tok_s"] and r["train_tok_s"]]
-    speed = statistics.mean(rates) if rates else float("nan")
+    speed = mean(rates) if rates else float("nan")
     print(f"\n{profile}, {budget:g}s budget, {len(rows)} candidate trials (means):")
-    print("  " + " | ".join(f"{k} {mean[k]:.1f}s ({100 * mean[k] / mean['total']:.0f}%)" for k in PARTS)
-          + f" | total {mean['total']:.1f}s")
+    print("  " + " | ".join(f"{k} {avg[k]:.1f}s ({100 * avg[k] / avg['total']:.0f}%)" for k in PARTS)
+          + f" | total {avg['total']:.1f}s")
     print(f"  training share: {100 * share:.1f}% (goal >= {100 * SHARE_GOAL:.0f}%: "
           f"{'met' if share >= SHARE_GOAL else 'MISSED'}); extrapolated to 300 s: "
-          f"{100 * share_at(mean, budget, 300):.1f}% (goal >= {100 * SHARE_300_GOAL:.0f}%: "
-          f"{'met' if share_at(mean, budget, 300) >= SHARE_300_GOAL else 'MISSED'})")
+          f"{100 * share_at(avg, budget, 300):.1f}% (goal >= {100 * SHARE_300_GOAL:.0f}%: "
+          f"{'met' if share_at(avg, budget, 300) >= SHARE_300_GOAL else 'MISSED'})")
     print(f"  evaluation {speed:.2f}x training's tokens/s (goal >= {EVAL_SPEED_GOAL:g}x: "
           f"{'met' if speed >= EVAL_SPEED_GOAL else 'MISSED'})")
-    other = mean["total"] - mean["training"]
-    print(f"  the {other:.1f}s not training: start-up {mean['startup']:.1f}s, evaluation {mean['evaluate']:.1f}s, "
-          f"idle {mean['idle']:.1f}s (the pre-flight, {mean['preflight']:.1f}s, overlaps the first step)")
+    other = avg["total"] - avg["training"]
+    print(f"  the {other:.1f}s not training: start-up {avg['startup']:.1f}s, evaluation {avg['evaluate']:.1f}s, "
+          f"idle {avg['idle']:.1f}s (the pre-flight, {avg['preflight']:.1f}s, overlaps the first step)")
 
 
 def main():
