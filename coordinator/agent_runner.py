@@ -34,7 +34,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from agents.actor import AgentActor
 from agents.base import AgentError
 
-READY_TIMEOUT_S = 120.0     # the actor's process starts and imports the backend (the SDK takes seconds)
+READY_TIMEOUT_S = 600.0     # the actor's process starts and imports the backend (seconds; minutes on a loaded machine)
 
 
 class AgentStartError(RuntimeError):

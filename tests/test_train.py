@@ -17,7 +17,6 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EVAL_TOKENS = 4096  # smoke-sized eval (AUTORESEARCH_EVAL_TOKENS): 16 rows of 256 tokens
-LEARNING_STEPS = 6  # optimizer steps after which the tiny model's smoothed loss has fallen by > 0.1
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                 "total_tokens_M", "num_steps", "num_params_M", "depth", "profile"]
 JSON_KEYS = SUMMARY_KEYS + ["seed", "backend", "dtype", "data_fingerprint", "time_budget", "eval_tokens"]
@@ -77,14 +76,7 @@ def test_tiny_run_learns_and_reports_summary(run_seed0, tiny_data):
     # loss falls: the first step's loss is ln(vocab) (lm_head starts near zero); the smoothed loss drops
     assert len(r.steps) >= 2, r
     assert abs(r.steps[0]["loss"] - math.log(2048)) < 0.05, r
-    learned = r
-    for budget in (16, 32, 64):       # a loaded machine fits fewer steps in 8 s: learning needs a few
-        if len(learned.steps) >= LEARNING_STEPS:
-            break
-        learned = run_train(tiny_data, "--seed", 0, "--time-budget", budget)
-        assert learned.rc == 0, learned
-    assert len(learned.steps) >= LEARNING_STEPS, learned
-    assert learned.steps[-1]["loss"] < learned.steps[0]["loss"] - 0.1, learned
+    assert r.steps[-1]["loss"] < r.steps[0]["loss"] - 0.1, r
     # the upstream summary block, in order, then summary_json with the extra fields
     assert list(r.block) == SUMMARY_KEYS, r
     assert r.block["profile"] == "tiny" and r.block["depth"] == "4", r
