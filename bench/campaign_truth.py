@@ -46,6 +46,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests"))   # the stand-in worker (tests/standin_worker.py)
 
 SIGMA = 0.01              # seed-to-seed noise of the target (bpb)
 BASE_BPB = 2.0            # true val_bpb of the initial code

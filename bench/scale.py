@@ -37,6 +37,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests"))   # the stand-in worker (tests/standin_worker.py)
 
 from coordinator.scheduler import Policy, next_decision, schedule, work
 from coordinator.state import CampaignState

@@ -14,6 +14,7 @@ from collections import Counter
 
 import pytest
 from campaign_events import events_of, of_type, state_of
+from standin_worker import standin_class
 from synthetic import git, make_repo, truth
 
 from agents.base import Hypothesis, Proposer
@@ -369,63 +370,6 @@ def test_silent_worker_loses_its_trial_after_the_lease(ray_local, tmp_path):
     assert len(redone) == 1 and redone[0]["trial_id"] != expired[0]["trial_id"]
 
 
-def _slow_reporter_class(lease_s: float):
-    """A stand-in worker whose trial lasts 3 leases (its progress events keep the lease alive) and
-    whose Ray reply comes a second after it journaled trial_finished: what a loaded machine does.
-    It never answers a heartbeat ping, so only the journal shows it alive."""
-    import ray
-
-    from journal import Event, open_journal
-    from journal.events import result_event_id
-    from worker import TrialResult
-
-    @ray.remote(num_cpus=0, resources={"mlx": 1}, max_concurrency=4)
-    class SlowReporter:
-        def __init__(self, name, workdir, journal_url=None, campaign="t", expected_fingerprint=None,
-                     fixed_hashes=None, env=None, **options):
-            self.name = name
-            self.journal = open_journal(journal_url, campaign=campaign)
-
-        def load_repo(self, bundle):
-            return "loaded"
-
-        def info(self):
-            return {"name": self.name, "hardware_class": "standin", "hardware": {}, "data_fingerprint": "0" * 64,
-                    "profile": "lease", "time_budget": 1, "track": "standin/lease/1s/000000000000", "problem": None}
-
-        def _append(self, type_, data, event_id=None):
-            ev = Event(type=type_, source=self.name, data={"worker": self.name, **data})
-            if event_id:
-                ev.id = event_id
-            self.journal.append(ev)
-
-        def run_trial(self, spec):
-            common = {k: spec.get(k) for k in ("trial_id", "commit", "seed", "kind", "candidate_id", "track")}
-            self._append("trial_started", common)
-            end = time.time() + 3 * lease_s
-            while time.time() < end:
-                self._append("trial_progress", {"trial_id": spec["trial_id"], "step": 1, "progress": 0.5})
-                time.sleep(lease_s / 4)
-            value = 2.0 + (spec["seed"] % 7) * 0.001
-            self._append("trial_finished", {**common, "status": "ok", "crash_class": None, "reason": "",
-                                            "val_bpb": value, "metrics": {}, "log_tail": "", "log_path": None,
-                                            "timings": {}}, result_event_id(spec["trial_id"]))
-            time.sleep(1.0)           # the reply lags behind the journal
-            return TrialResult(spec["trial_id"], self.name, spec["commit"], spec["seed"], "ok", val_bpb=value)
-
-        def heartbeat(self):
-            time.sleep(3600)          # a ping is never answered: the journal alone says it lives
-
-        def abort(self, trial_id=None):
-            return False
-
-        def stop(self, graceful=True, timeout=None):
-            self.journal.close()
-            return True
-
-    return SlowReporter
-
-
 def test_a_trial_longer_than_the_lease_that_finished_keeps_its_worker(ray_local, tmp_path):
     """A trial kept alive by its progress events, longer than the lease, journals its result before
     Ray hands it over: the worker is not retired as silent (it was not), and the result counts."""
@@ -434,7 +378,11 @@ def test_a_trial_longer_than_the_lease_that_finished_keeps_its_worker(ray_local,
     cfg = config(repo, "longlease", workers=1, lease_s=lease_s, max_trials=2, baseline_trials=2, poll_s=0.05,
                  smoke=False, heldout=False, until=f"{WAIT_S}s")    # a retired worker is never replaced here
     logs = []
-    reason = Campaign(cfg, worker_class=_slow_reporter_class(lease_s), log=logs.append).run()
+    # the trial lasts 3 leases, kept alive by its progress events alone (a ping is never answered),
+    # and Ray's reply comes a second after trial_finished is journaled: what a loaded machine does
+    slow = standin_class(lambda spec: 2.0 + spec["seed"] * 0.001, trial_s=3 * lease_s, progress_s=lease_s / 4,
+                         reply_lag_s=1.0, answer_pings=False, track="standin/lease/1s/000000000000")
+    reason = Campaign(cfg, worker_class=slow, log=logs.append).run()
     assert reason == "reached --max-trials 2", logs[-10:]
     events = events_of(repo, "longlease")
     assert not of_type(events, "worker_lost"), [ev.data for ev in of_type(events, "worker_lost")]

@@ -1,13 +1,16 @@
-"""A Ray actor with worker/actor.py's API that trains nothing, for the benches that drive the
-real coordinator (bench/scale.py, bench/campaign_truth.py): a trial sleeps `trial_s` and
-reports value(spec), writing trial_started and trial_finished (under the worker's own result
-id) to the journal as a real worker does."""
+"""A Ray actor with worker/actor.py's API that trains nothing, for the tests and benches that
+drive the real coordinator (bench/scale.py, bench/campaign_truth.py, the lease test): a trial
+lasts `trial_s` and reports value(spec), writing trial_started, trial_progress and
+trial_finished (under the worker's own result id) to the journal as a real worker does."""
 
 import time
 
 
-def standin_class(value, trial_s: float = 0.0, track: str = "standin/bench/1s/000000000000"):
-    """value(spec dict) -> the trial's metric; track: what every stand-in reports as its own."""
+def standin_class(value, trial_s: float = 0.0, track: str = "standin/bench/1s/000000000000",
+                  progress_s: float | None = None, reply_lag_s: float = 0.0, answer_pings: bool = True):
+    """value(spec dict) -> the trial's metric; track: what every stand-in reports as its own.
+    progress_s: a trial_progress event this often during the trial; reply_lag_s: Ray's reply comes
+    this long after trial_finished is journaled; answer_pings False: heartbeat() never answers."""
     import ray
 
     from journal import Event, open_journal
@@ -40,16 +43,23 @@ def standin_class(value, trial_s: float = 0.0, track: str = "standin/bench/1s/00
         def run_trial(self, spec):
             common = {k: spec.get(k) for k in ("trial_id", "commit", "seed", "kind", "candidate_id", "track")}
             self._append("trial_started", common)
-            time.sleep(trial_s)
+            end = time.time() + trial_s
+            while progress_s and time.time() < end:
+                self._append("trial_progress", {"trial_id": spec["trial_id"], "step": 1, "progress": 0.5})
+                time.sleep(min(progress_s, max(0.0, end - time.time())))
+            time.sleep(max(0.0, end - time.time()))
             v = value(spec)
             r = TrialResult(spec["trial_id"], self.name, spec["commit"], spec["seed"], "ok", val_bpb=v,
                             metrics={"val_bpb": v}, timings={"train": trial_s})
             self._append("trial_finished", {**common, "status": "ok", "crash_class": None, "reason": "",
                                             "val_bpb": v, "metrics": r.metrics, "log_tail": "", "log_path": None,
                                             "timings": r.timings}, result_event_id(spec["trial_id"]))
+            time.sleep(reply_lag_s)
             return r
 
         def heartbeat(self):
+            while not answer_pings:
+                time.sleep(3600)
             return {"worker": self.name, "time": time.time()}
 
         def abort(self, trial_id=None):
