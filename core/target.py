@@ -38,8 +38,10 @@ DEFAULTS = {
     "smoke_env": {"AUTORESEARCH_EVAL_TOKENS": "2048"},
     # Additions beyond CONTRACTS.md (optional keys, same defaults for every target):
     "time_budget": None,       # budget when the fingerprint command does not say (foreign targets)
-    "grace": 120,              # seconds of start-up allowed on top of the budget until the worker has
-                               # measured its mainline's start-up (the worker's clock, see worker.py)
+    "grace": 300,              # seconds of start-up allowed on top of the budget until the worker has
+                               # measured its mainline's start-up (the worker's clock, see worker.py):
+                               # it covers the untimed first step and the last step's overrun, 30-85 s
+                               # each for a tiny-profile step on 2 busy CPU cores
     "data": [],                # further folders a trial may read in the sandbox (e.g. a fork's data cache)
     "smoke": True,             # false: no smoke run (a fork whose evaluation cannot be shortened would
                                # run a full evaluation as its smoke run)

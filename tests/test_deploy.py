@@ -56,7 +56,7 @@ CAMPAIGN_TIMEOUT = 1500            # seconds for the whole campaign, at most (~1
 # Target files copied into the research repository the campaign works on.
 TARGET_FILES = ("prepare.py", "train.py", "evaluate.py", "target.toml", "program.md")
 # Start-up seconds a trial may take on top of its budget until its worker has measured one (the
-# target's `grace`, 120 s by default): generous, as this test is about hosts, not the clock, and on
+# target's `grace`, 300 s by default): generous, as this test is about hosts, not the clock, and on
 # a loaded machine a 4 s trial has taken over 120 s to start.
 GRACE_S = 900
 
