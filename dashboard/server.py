@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from journal import export
+from journal import export, labjournal
 from journal.backend import JournalError
 from journal.export import event_line
 
@@ -163,7 +163,7 @@ class Hub:
             view.config = redact(self.state.config)
             if track:
                 view.trials = {k: t for k, t in self.state.trials.items() if t.track == track}
-            text = export.tsv(view) if name == "results.tsv" else export.markdown(view)
+            text = export.tsv(view) if name == "results.tsv" else labjournal.markdown(view)
             return view.campaign, redact_text(text, self.all_secrets())
 
 

@@ -50,7 +50,7 @@ def choose_campaign(journal, wanted, follow=False) -> str:
 
 
 def _print_view(state, events, fmt):
-    from . import export
+    from . import export, labjournal
     if fmt == "table":
         if sys.stdout.isatty():
             from rich.console import Console
@@ -58,7 +58,7 @@ def _print_view(state, events, fmt):
         else:
             sys.stdout.write(export.table_text(state))
     elif fmt == "markdown":
-        sys.stdout.write(export.markdown(state))
+        sys.stdout.write(labjournal.markdown(state))
     elif fmt == "tsv":
         sys.stdout.write(export.tsv(state))
     elif fmt == "json":

@@ -30,9 +30,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MIN_PYTHON = (3, 10)
 # Seconds a fingerprint command may take (it verifies the prepared cache: hashes the shards).
 FINGERPRINT_TIMEOUT = 300
-# Seconds to connect to the Ray cluster and list its nodes (and, with --cluster, to hear
-# back from every node: a node's first task starts a Python worker there).
+# Seconds to connect to the Ray cluster and list its nodes.
 RAY_TIMEOUT = 60.0
+# Seconds (--cluster) to hear back from every node: a node's first task starts a Python
+# worker there, imports MLX and runs the data check (a fingerprint, itself bounded above).
+NODE_CHECKS_TIMEOUT = 240.0
 # Default where the Ray token lives when neither RAY_AUTH_TOKEN nor RAY_AUTH_TOKEN_PATH is set.
 RAY_TOKEN_FILE = "~/.ray/auth_token"
 MARKS = {True: "✓", False: "✗", "warn": "!"}   # fine, broken, works but read the fix
@@ -294,13 +296,13 @@ def _ray_probe(address: str, cluster: bool, expected: str | None) -> dict:
             # the machines that run workers (an mlx resource): a --no-worker head needs no data
             refs = {n["id"]: remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["id"], soft=False))
                     .remote(expected) for n in nodes if n["alive"] and n["mlx"]}
-            ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=RAY_TIMEOUT)
+            ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=NODE_CHECKS_TIMEOUT)
             for n in nodes:
                 ref = refs.get(n["id"])
                 if ref is None:
                     continue
                 if ref not in ready:
-                    n["checks_error"] = f"no answer within {RAY_TIMEOUT:.0f} s"
+                    n["checks_error"] = f"no answer within {NODE_CHECKS_TIMEOUT:.0f} s"
                     continue
                 try:
                     n["checks"] = [list(c) for c in ray.get(ref)]
@@ -316,7 +318,7 @@ def probe_ray(address: str, cluster: bool = False, expected: str | None = None,
     """{'nodes': [...], 'mlx_free': n} or {'error': text} (a timeout is an error too)."""
     code = ("import json, sys\nfrom swarm.doctor import _ray_probe\n"
             "a = json.loads(sys.argv[1])\nprint('DOCTOR ' + json.dumps(_ray_probe(*a)), flush=True)\n")
-    wait = timeout + (RAY_TIMEOUT + 30 if cluster else 0)
+    wait = timeout + (NODE_CHECKS_TIMEOUT + 30 if cluster else 0)
     env = dict(os.environ if env is None else env)
     # Under `uv run`, Ray would run the node checks in a copy of this checkout through `uv run`
     # (installing packages there); each node's own checkout is what is checked.

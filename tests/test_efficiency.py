@@ -12,7 +12,7 @@ Fixtures (the sandboxed worker, the research repo, the honest value) are the att
 import pytest
 
 from journal import open_journal
-from journal import export
+from journal import export, labjournal
 from journal.views import replay
 from test_attacks import ALLOWANCE, edit, home, honest, lab, log_of, research, run  # noqa: F401 (fixtures)
 
@@ -81,7 +81,7 @@ def test_the_training_share_per_worker_reaches_the_lab_journal(lab, research, ho
     w = acc["attack"]
     assert w["total"] == pytest.approx(sum(t.timings["total"] for t in finished))
     assert w["training_share"] == pytest.approx(w["training"] / w["total"])
-    md = export.markdown(state)
+    md = labjournal.markdown(state)
     assert "## Accelerator time" in md
     row = next(line for line in md.splitlines() if line.startswith("| attack |"))
     assert f"| {100 * w['training_share']:.1f}% |" in row

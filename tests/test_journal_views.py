@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from journal import Event, open_journal
-from journal import export
+from journal import export, labjournal
 from journal.views import replay
 from tests.redis_server import redis_server  # noqa: F401 (fixture)
 
@@ -124,7 +124,7 @@ def test_agent_usage_notes_and_unknown_events(replayed):
 
 # -- exports against goldens ---------------------------------------------------------------
 GOLDENS = {"tsv": ("journal_campaign.tsv", export.tsv),
-           "markdown": ("journal_campaign.md", export.markdown),
+           "markdown": ("journal_campaign.md", labjournal.markdown),
            "table": ("journal_campaign.table.txt", export.table_text)}
 
 
@@ -163,13 +163,13 @@ def test_views_and_exports_survive_odd_data():
         odd.append(Event(id=f"{i}-empty", type=ev.type, time=ev.time, data={}))
     state = replay(odd)
     assert state.unknown  # the unusable ones are kept as such
-    for render in (export.tsv, export.markdown, export.table_text):
+    for render in (export.tsv, labjournal.markdown, export.table_text):
         assert render(state)
     assert export.event_line(odd[0])
     partial = replay(recorded_events()[:12])  # cut while t03 runs
     assert [t.status for t in partial.trials.values()] == ["ok", "ok", "running"]
     assert partial.workers["linux-1"].state == "busy"
-    assert "still running" in export.markdown(partial) and "t03" in export.table_text(partial)
+    assert "still running" in labjournal.markdown(partial) and "t03" in export.table_text(partial)
 
 
 def test_a_trial_reported_twice_counts_once_and_resume_clears_stopped():

@@ -375,7 +375,7 @@ def test_the_start_up_allowance_is_measured_on_mainline_runs(src, tmp_path):
         assert "mainline start-ups" in Path(second.log_path).read_text()
         assert json.loads((w.workdir / "clock.json").read_text())[track] == measured   # candidates don't count
         w2 = Worker("clock", tmp_path / "w", campaign="test", heartbeat_s=0)     # a restarted worker keeps it
-        assert w2.startups == {track: measured}
+        assert w2.clock.startups == {track: measured}
         w2.stop()
     finally:
         w.stop()
@@ -387,7 +387,8 @@ def test_sandbox_off_is_journaled_and_shown_in_every_view(src, tmp_path):
     from swarm.cli import render_status
     from coordinator.state import CampaignState
     from journal import open_journal
-    from journal.export import markdown, table_text
+    from journal.export import table_text
+    from journal.labjournal import markdown
 
     path, base = src
     db = tmp_path / "journal.db"

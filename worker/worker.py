@@ -9,7 +9,6 @@ Python (tests, `swarm trial`) and inside a Ray actor (worker/actor.py).
 
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from journal.events import result_event_id
 
 from . import accounting, hardware, trial
 from .classify import Classified, tail
+from .clock import StartupClock
 from .fork import budget_of
 from .journal_writer import JournalWriter
 from .repo import BUNDLE_SIGNATURE, CandidateError, WorkerRepo, branch_name
@@ -40,12 +40,6 @@ PROGRESS_S = 5.0
 FINGERPRINT_TIMEOUT = 600
 # Trial kinds (CONTRACTS.md).
 KINDS = ("baseline", "candidate", "retest", "heldout")
-# The worker's clock: a run may take budget + allowance seconds of wall time, where the allowance is
-# ALLOWANCE_FACTOR x the slowest start-up (wall time - budget) of the last STARTUPS_KEPT ok mainline
-# (baseline) runs of the track on this worker, + ALLOWANCE_SLACK. Until one is measured: target.grace.
-ALLOWANCE_FACTOR = 1.5
-ALLOWANCE_SLACK = 15.0
-STARTUPS_KEPT = 8
 
 
 @dataclass
@@ -122,8 +116,7 @@ class Worker:
         # the journal file of an embedded journal (and SQLite's companions) is never visible to a trial
         db = Path(journal_url).expanduser().resolve() if journal_url and "://" not in journal_url else None
         self.hidden = (db, Path(f"{db}-wal"), Path(f"{db}-shm")) if db else ()
-        self.clock_path = self.workdir / "clock.json"
-        self.startups = _read_json(self.clock_path) or {}    # track -> start-up seconds of mainline runs
+        self.clock = StartupClock(self.workdir / "clock.json")
 
         self.hardware_class, self.hardware = hardware.detect(self.python, clean_env(self.env_extra))
 
@@ -327,7 +320,7 @@ class Worker:
             header += f"# applied as a patch: {spec.commit} is {sha} here\n"
 
         # -- smoke run: a few steps, tiny eval; a failure makes the candidate invalid
-        allowance, allowance_from = self._allowance(spec, mine)
+        allowance, allowance_from = self.clock.allowance(mine, self.target.grace, spec.allowance)
         timings["allowance"] = allowance
         # a target with the fixed evaluator gets the pre-flight inside its own trial instead (worker/trial.py)
         preflight = spec.smoke and not self.target.self_reported
@@ -363,7 +356,7 @@ class Worker:
                            path=preflight_log if preflight_log.exists() and got.reason.startswith(
                                ("evaluation", "not causal")) else log_path)
         if got.status == "ok" and spec.kind == "baseline":
-            self._measured_startup(mine, ran.train_seconds - budget)
+            self.clock.measured(mine, ran.train_seconds - budget)
         data_fp = got.metrics.get("data_fingerprint") if got.metrics else None
         if got.status == "ok" and data_fp and data_fp != self.fingerprint.get("fingerprint"):
             got = Classified("invalid", "invalid", f"the run used data {str(data_fp)[:12]}, not this worker's "
@@ -393,23 +386,7 @@ class Worker:
             self._process = None
             shutil.rmtree(scratch, ignore_errors=True)
 
-    # ---- the clock ---------------------------------------------------------------------------
-
-    def _allowance(self, spec: TrialSpec, track) -> tuple[float, str]:
-        """Start-up seconds a run of this track may take on top of its budget, and where it comes from."""
-        if spec.allowance:
-            return float(spec.allowance), "given by the coordinator"
-        measured = self.startups.get(track or "", [])
-        if measured:
-            return (ALLOWANCE_FACTOR * max(measured) + ALLOWANCE_SLACK,
-                    f"{ALLOWANCE_FACTOR:g} x the slowest of {len(measured)} mainline start-ups + {ALLOWANCE_SLACK:g}s")
-        return float(self.target.grace), "no mainline start-up measured yet: target grace"
-
-    def _measured_startup(self, track, seconds: float):
-        kept = self.startups.setdefault(track or "", [])
-        kept.append(round(max(0.0, seconds), 2))
-        del kept[:-STARTUPS_KEPT]
-        _atomic_json(self.clock_path, self.startups)
+    # ---- progress and results ----------------------------------------------------------------
 
     def _progress_reporter(self, spec: TrialSpec):
         last = [0.0]
@@ -494,20 +471,6 @@ class Worker:
 
 def _safe(trial_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", str(trial_id))[:120] or "trial"
-
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _atomic_json(path, obj):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
 
 
 def _write_log(path, text: str, mode: str = "a"):
