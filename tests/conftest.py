@@ -26,9 +26,10 @@ TINY_CORPUS_DOCS = 12000  # ~6 MB of text: val/test hold ~600 documents each (> 
 # The files that take longest (measured: summed test time, parallel run on a loaded machine), in
 # that order, run first: pytest-xdist (`--dist loadfile --no-loadscope-reorder`) hands files to its
 # workers in collection order, and the suite ends when its last long file does. Others follow.
-LONGEST_FIRST = ("test_train.py", "test_coordinator_e2e.py", "test_deploy.py", "test_worker_real.py",
-                 "test_attacks.py", "test_coordinator_campaign.py", "test_agents_actor.py", "test_prepare.py",
-                 "test_coordinator_overnight.py", "test_dashboard_live.py", "test_secrets.py", "test_journal.py")
+LONGEST_FIRST = ("test_train.py", "test_deploy.py", "test_attacks.py", "test_coordinator_campaign.py",
+                 "test_prepare.py", "test_agents_actor.py", "test_forks.py", "test_coordinator_e2e.py",
+                 "test_coordinator_overnight.py", "test_agents_ahead.py", "test_journal.py",
+                 "test_coordinator_cluster.py", "test_worker_real.py", "test_secrets.py")
 
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from journal import open_journal
+from fast_train import fast
 from redis_server import RedisServer
 from test_worker import _tagged_processes, candidate, new_repo
 from worker import TrialSpec, Worker, make_full_bundle
@@ -39,17 +40,6 @@ ALLOWANCE = 900
 # Secrets the worker can see and a trial must never.
 SECRETS = {"ray_token": "ray-token-SECRET-7f3a", "redis_password": "redis-pw-SECRET-91c2",
            "ssh_key": "ssh-key-SECRET-55d0", "api_key": "sk-ant-SECRET-0b7e", "journal_pw": "journal-pw-SECRET-e4a8"}
-# The honest mainline for the tests: train.py with one micro-batch of 8 rows per optimizer step.
-FAST = {"TOTAL_BATCH_SIZE": "2**11", "DEPTH": "2"}
-
-
-def set_constants(text: str, values: dict) -> str:
-    for name, value in values.items():
-        text, n = re.subn(rf"^{name} = [^#\n]+", f"{name} = {value} ", text, count=1, flags=re.MULTILINE)
-        assert n == 1, f"train.py has no constant {name}"
-    return text
-
-
 def edit(text: str, old: str, new: str) -> str:
     assert text.count(old) == 1, f"train.py does not contain exactly one {old!r}"
     return text.replace(old, new)
@@ -78,7 +68,7 @@ def home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def research(tmp_path_factory):
     files = {name: (REPO_ROOT / name).read_text() for name in TARGET_FILES}
-    files["train.py"] = set_constants(files["train.py"], FAST)
+    files["train.py"] = fast(files["train.py"])      # one micro-batch of 8 rows per step
     path, base = new_repo(tmp_path_factory.mktemp("research") / "repo", files)
     return path, base, files["train.py"]
 

@@ -8,6 +8,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from fast_train import fast
 from synthetic import git, make_repo
 
 from coordinator.campaign import Campaign
@@ -37,7 +38,8 @@ def test_real_training_campaign(tiny_data, tmp_path):
         ray.shutdown()
     repo = make_repo(tmp_path / "repo", files=TARGET_FILES, source=REPO_ROOT)
     (repo / "target.toml").write_text((REPO_ROOT / "target.toml").read_text() + f"grace = {GRACE_S}\n")
-    git(repo, "commit", "-qam", "a generous start-up grace")
+    (repo / "train.py").write_text(fast((repo / "train.py").read_text()))
+    git(repo, "commit", "-qam", "a generous start-up grace; a cheap step (the path is tested, not learning)")
     env = {k: v for k, v in tiny_data.env.items() if k != "LD_PRELOAD"}   # the worker preloads OpenBLAS
     env["AUTORESEARCH_EVAL_TOKENS"] = "4096"                                # a short eval keeps CI fast
     cfg = load_config({"repo": str(repo), "campaign": "e2e", "workers": 1, "time_budget": 4, "smoke": False,

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from fast_train import fast
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = REPO_ROOT / "deploy"
@@ -47,7 +48,8 @@ SUBNET = "10.77.0"                 # the simulated LAN, inside the test's namesp
 RAY_PORT = 6379                    # deploy defaults: Ray's GCS ...
 REDIS_PORT = 6380                  # ... and Redis, on a port of its own
 CAMPAIGN = "desk1"
-BUDGET = 4                         # seconds of training per trial
+BUDGET = 10                        # seconds of training per trial (train.py's cheap step: many steps, so the
+                                   # cut-off has a window of progress events before the trial ends)
 EVAL_TOKENS = "8192"               # a small validation set keeps each trial short
 LEASE_S = 15                       # a silent worker loses its trial after this long
 MAX_TRIALS = 4                     # 2 baselines in parallel, then 1 baseline + 1 candidate, then the re-run
@@ -420,6 +422,7 @@ def test_campaign_across_hosts_survives_a_host_cut_off(joined, tiny_data, tmp_pa
             shutil.copy(REPO_ROOT / name, repo / name)
     with open(repo / "target.toml", "a") as f:
         f.write(f"grace = {GRACE_S}\n")
+    (repo / "train.py").write_text(fast((repo / "train.py").read_text()))
     _git(repo, "init", "-q", "-b", "master")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "start")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fast_train import fast
 from journal import open_journal
 from test_worker import candidate, new_repo
 from worker import TrialSpec, Worker, make_full_bundle
@@ -28,6 +29,7 @@ REAL_EVAL_TOKENS = "8192"
 @pytest.fixture(scope="module")
 def research(tmp_path_factory):
     files = {name: (REPO_ROOT / name).read_text() for name in TARGET_FILES if (REPO_ROOT / name).exists()}
+    files["train.py"] = fast(files["train.py"])     # a cheap step: the path is tested, not learning
     return new_repo(tmp_path_factory.mktemp("research") / "repo", files)
 
 
