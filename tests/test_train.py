@@ -1,6 +1,8 @@
 """
 train.py on the CPU backend with the tiny profile: real short training runs as subprocesses (the way
-the worker runs it), plus in-process checks of the model's loss and the optimizer's groups.
+the worker runs it), plus in-process checks of the model's loss and the optimizer's groups. The runs
+train a copy of train.py with a cheap step (tests/fast_train.py): many steps in a few seconds, where
+the defaults take a minute a step on a loaded 2-core machine.
 """
 
 import importlib
@@ -14,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fast_train import FAST, fast
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EVAL_TOKENS = 4096  # smoke-sized eval (AUTORESEARCH_EVAL_TOKENS): 16 rows of 256 tokens
@@ -53,18 +56,28 @@ def run_train(tiny_data, *args, cwd=REPO_ROOT, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def run_seed0(tiny_data):
-    return run_train(tiny_data, "--seed", 0, "--time-budget", 8)
+def fast_dir(tmp_path_factory):
+    """train.py with a cheap step, beside the fixed prepare.py and evaluate.py."""
+    d = tmp_path_factory.mktemp("fast")
+    (d / "train.py").write_text(fast((REPO_ROOT / "train.py").read_text()))
+    for name in ("prepare.py", "evaluate.py"):
+        shutil.copy(REPO_ROOT / name, d / name)
+    return d
 
 
 @pytest.fixture(scope="module")
-def run_seed0_short(tiny_data):
-    return run_train(tiny_data, "--seed", 0, "--time-budget", 2)
+def run_seed0(tiny_data, fast_dir):
+    return run_train(tiny_data, "--seed", 0, "--time-budget", 8, cwd=fast_dir)
 
 
 @pytest.fixture(scope="module")
-def run_seed1_short(tiny_data):
-    return run_train(tiny_data, "--seed", 1, "--time-budget", 2)
+def run_seed0_short(tiny_data, fast_dir):
+    return run_train(tiny_data, "--seed", 0, "--time-budget", 2, cwd=fast_dir)
+
+
+@pytest.fixture(scope="module")
+def run_seed1_short(tiny_data, fast_dir):
+    return run_train(tiny_data, "--seed", 1, "--time-budget", 2, cwd=fast_dir)
 
 # ---------------------------------------------------------------------------
 # Training runs (subprocess)
@@ -79,7 +92,7 @@ def test_tiny_run_learns_and_reports_summary(run_seed0, tiny_data):
     assert r.steps[-1]["loss"] < r.steps[0]["loss"] - 0.1, r
     # the upstream summary block, in order, then summary_json with the extra fields
     assert list(r.block) == SUMMARY_KEYS, r
-    assert r.block["profile"] == "tiny" and r.block["depth"] == "4", r
+    assert r.block["profile"] == "tiny" and r.block["depth"] == FAST["DEPTH"], r
     assert r.json is not None and set(r.json) == set(JSON_KEYS), r
     s = r.json
     assert math.isfinite(s["val_bpb"]) and 0 < s["val_bpb"] < 10, r
@@ -242,7 +255,7 @@ def test_schedules(train_module):
     assert t.get_weight_decay(0.0) == t.WEIGHT_DECAY and t.get_weight_decay(1.0) == 0.0
 
 
-def test_checkpoint_mode_saves_on_sigterm_and_the_evaluator_scores_it(tiny_data, tmp_path):
+def test_checkpoint_mode_saves_on_sigterm_and_the_evaluator_scores_it(tiny_data, fast_dir, tmp_path):
     """Under the worker: --checkpoint saves the model instead of evaluating; SIGTERM (the worker's clock)
     ends training at the next step, and the model is still saved; evaluate.py then scores it."""
     import signal
@@ -250,7 +263,7 @@ def test_checkpoint_mode_saves_on_sigterm_and_the_evaluator_scores_it(tiny_data,
     ck = tmp_path / "ck"
     env = {**os.environ, **tiny_data.env, "AUTORESEARCH_EVAL_TOKENS": str(EVAL_TOKENS)}
     proc = subprocess.Popen([sys.executable, "train.py", "--seed", "0", "--time-budget", "3600", "--checkpoint",
-                             str(ck)], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             str(ck)], cwd=fast_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     lines = []
     deadline = time.monotonic() + 600
@@ -265,10 +278,10 @@ def test_checkpoint_mode_saves_on_sigterm_and_the_evaluator_scores_it(tiny_data,
     assert "val_bpb" not in r.block and r.block["checkpoint"] == str(ck), r
     assert r.json["val_bpb"] is None and r.json["num_steps"] < 10, r
     meta = json.loads((ck / "model.json").read_text())
-    assert meta["config"]["n_layer"] == 4 and meta["seed"] == 0 and (ck / "model.safetensors").stat().st_size > 0
+    assert meta["config"]["n_layer"] == int(FAST["DEPTH"]) and meta["seed"] == 0 and (ck / "model.safetensors").stat().st_size > 0
 
     e = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", str(ck), "--result", str(tmp_path / "r.json")],
-                       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+                       cwd=fast_dir, env=env, capture_output=True, text=True, timeout=600)
     assert e.returncode == 0, e.stdout + e.stderr
     record = json.loads((tmp_path / "r.json").read_text())
     assert record["split"] == "val" and record["tokens"] == EVAL_TOKENS and 0 < record["bpb"] < 20
@@ -276,6 +289,6 @@ def test_checkpoint_mode_saves_on_sigterm_and_the_evaluator_scores_it(tiny_data,
     assert f"val_bpb: {record['bpb']:.6f}" in e.stdout
     # the record is written once: a second evaluation into the same file fails instead of overwriting
     again = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", str(ck), "--result",
-                            str(tmp_path / "r.json")], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            str(tmp_path / "r.json")], cwd=fast_dir, env=env, capture_output=True, text=True,
                            timeout=600)
     assert again.returncode != 0 and "FileExistsError" in again.stderr
