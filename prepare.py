@@ -51,7 +51,7 @@ PROFILES = {
     "tiny": dict(MAX_SEQ_LEN=256, VOCAB_SIZE=2048, TIME_BUDGET=60, EVAL_TOKENS=65536,
                  EVAL_BATCH_SIZE=32, TOKENIZER_MAX_CHARS=50_000_000),
     # CPU research: a 2-core machine trains hundreds of steps in 60 s with a CPU-sized train.py
-    # (bench/overnight.py's CPU_MODEL: depth 2, width 128, 2**11 tokens per step)
+    # (bench/overnight.py's CPU_MODEL: depth 2, width 128, 2**9 tokens per step; README: Profiles)
     "cpu": dict(MAX_SEQ_LEN=128, VOCAB_SIZE=1024, TIME_BUDGET=60, EVAL_TOKENS=32768,
                 EVAL_BATCH_SIZE=64, TOKENIZER_MAX_CHARS=20_000_000),
 }

@@ -41,8 +41,13 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 PROFILE = "cpu"
 CORPUS_DOCS = 12000           # ~6 MB of text: val and test hold ~600 documents each
 TARGET_FILES = ("prepare.py", "train.py", "evaluate.py", "target.toml", "program.md")
-# A model that takes many steps per minute on a 2-core CPU (train.py's defaults are a Mac's)
-CPU_MODEL = {"DEPTH": 2, "HEAD_DIM": 64, "TOTAL_BATCH_SIZE": 2 ** 10, "DEVICE_BATCH_SIZE": 8}
+# The cpu profile's model: ~190-240 ms of CPU a step, ~250-300 optimizer steps a minute on an idle 2-core
+# machine (train.py's defaults are a Mac's: ~7 steps a minute here). 512 tokens a step: at 1024 a step
+# took ~360 ms of CPU (~165 steps at best).
+CPU_MODEL = {"DEPTH": 2, "HEAD_DIM": 64, "TOTAL_BATCH_SIZE": 2 ** 9, "DEVICE_BATCH_SIZE": 4}
+# ... with one OpenBLAS thread: MLX's CPU ops run on one thread and this model's matmuls are small, so a
+# second OpenBLAS thread only spins between calls (sys time) and takes the core the rest of the step needs
+CPU_ENV = {"OPENBLAS_NUM_THREADS": "1"}
 HELDOUT_SEED = 5000           # held-out re-measures use seeds from here (no loop ever ran them)
 GREEDY_SEED = 3000            # greedy's trials use seeds from here
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
@@ -63,7 +68,7 @@ def git(repo, *args):
 def trial_env(cache: Path) -> dict:
     from worker.runner import openblas_path
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "AUTORESEARCH_CACHE": str(cache),
-           "AUTORESEARCH_PROFILE": PROFILE}
+           "AUTORESEARCH_PROFILE": PROFILE, **CPU_ENV}
     if openblas_path():
         env["LD_PRELOAD"] = openblas_path()
     return env
@@ -129,7 +134,8 @@ def run_swarm(repo: Path, cache: Path, trials: int, budget: float, workers: int)
 
     cfg = load_config({"repo": str(repo), "campaign": "night", "workers": workers, "max_trials": trials,
                        "time_budget": budget, "agent": "offline", "heldout": False,
-                       "env": {"AUTORESEARCH_CACHE": str(cache), "AUTORESEARCH_PROFILE": PROFILE}}, environ={})
+                       "env": {"AUTORESEARCH_CACHE": str(cache), "AUTORESEARCH_PROFILE": PROFILE, **CPU_ENV}},
+                      environ={})
     t = time.time()
     reason = Campaign(cfg, log=lambda m: print(f"  swarm {m}", flush=True)).run()
     st = CampaignState("night")
