@@ -32,6 +32,7 @@ from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core.stats import StatsConfig, decide, noise_floor  # noqa: E402
+from coordinator.scheduler import Policy  # noqa: E402  (the coordinator's re-test alpha and futility stop)
 
 SIGMA = 0.03          # seed-to-seed noise in bpb (~MLX, see shared/RESEARCH-NOTES.md)
 MAINLINE_BPB = 1.50   # true val_bpb of the mainline (only differences matter)
@@ -120,8 +121,11 @@ def report(name, nulls, wins):
 def run_retest(rng, effect_sigma, sigma, dof, cfg, first=RETEST_PAIRS):
     """A merge's re-test as the coordinator runs it: the merge and the previous mainline side by
     side on the same fresh seeds (independent noise here: rho 0, so the unpaired test), no
-    one-trial screen, first look at `first` pairs. Returns True when promoted."""
+    one-trial screen, first look at `first` pairs, the re-test's own alpha and futility stop
+    (Policy().retest_stats). Returns True when promoted."""
     sign = 1 if cfg.direction == "minimize" else -1
+    rcfg = Policy().retest_stats
+    cfg = replace(cfg, confidence=rcfg.confidence, futility_sigma=rcfg.futility_sigma)
     merged, previous, ask = [], [], first
     while True:
         merged += [rng.gauss(MAINLINE_BPB + sign * effect_sigma * SIGMA, SIGMA) for _ in range(ask)]

@@ -64,12 +64,12 @@ LARGE_DOF = 1e7             # beyond this the t distribution is the normal one t
 
 @dataclass(frozen=True)
 class StatsConfig:
-    confidence: float = 0.95     # one-sided; overall false-merge rate of null candidates <= 1 - confidence
+    confidence: float = 0.9      # one-sided; overall false-merge rate of null candidates <= 1 - confidence
     min_effect: float = 0.0      # smallest improvement worth a merge, in metric units (bpb), >= 0
     max_trials: int = 8          # the final look: not confirmed by then -> discard
     direction: str = "minimize"  # "minimize" (val_bpb) or "maximize" (foreign targets)
     looks: tuple = (1, 2, 4)     # trial counts where the test looks; max_trials is always the last one
-    screen_sigma: float = 0.5    # look 1: discard unless better by this many sigma (trials/null vs power)
+    screen_sigma: float = 0.4    # look 1: discard unless better by this many sigma (trials/null vs power)
     futility_sigma: float = 0.75 # later looks: discard unless better by this many sigma
     prior_sigma: float = 0.03    # noise floor when no commit has 2 trials yet (~MLX seed noise, bpb)
 
