@@ -21,7 +21,9 @@ needed again: re-queued without a queue.
 next_decision(state, policy) names the next decision the state is missing
 (a verdict, a re-test decision, a promotion or revert, the next merge, a
 held-out result); the campaign carries it out and journals it, then asks
-again. decide_candidate / decide_retest go through core/stats.py.
+again. decide_candidate / decide_retest go through core/stats.py (a re-test
+with its own alpha and futility stop, Policy.retest_stats: a second,
+independent test of a confirmed candidate).
 Each look is decided once, when its planned trials are all in, on inputs that
 are frozen then and journaled with the verdict (inputs: the values, their
 seeds, sigma, dof, rho): later mainline values never re-open a look.

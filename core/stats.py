@@ -29,7 +29,7 @@ seeds spent on them are the real cost. The test looks at fixed trial counts
 (defaults 1, 2, 4, 8 = max_trials) and asks for all the seeds of the next look
 at once, so several workers can run them in parallel:
   look 1, one trial: screen. Discard unless the candidate beats the mainline
-      mean by screen_sigma (0.5) * s: a null passes ~1 time in 3, a true
+      mean by screen_sigma (0.4) * s: a null passes ~1 time in 3, a true
       2-sigma win ~9 times in 10. The screen never confirms.
   later looks: confirm when p <= alpha_k and gain >= min_effect. Otherwise
       discard at max_trials, or earlier when gain < futility_sigma (0.75) * s
@@ -47,8 +47,10 @@ extra looks.
 
 min_effect (bpb) is a practical threshold on top of significance: the test
 is against "no improvement", and a significant gain smaller than min_effect
-is not confirmed. The same decide() re-tests a merged mainline against the
-previous one: confirmed -> promote, discard -> revert, promising -> more seeds.
+is not confirmed. The same decide() (screen=False, with the re-test's own
+alpha and futility stop: the coordinator's Policy.retest_stats) re-tests a
+merged mainline against the previous one: confirmed -> promote, discard ->
+revert, promising -> more seeds.
 
 Measured error rates of the defaults: bench/statistics.py, docs/statistics.md.
 Pure functions, no I/O; the Student-t CDF is implemented here (no scipy).
