@@ -52,7 +52,7 @@ class SwarmConfig:
     env: dict = field(default_factory=dict)  # extra env for trials (AUTORESEARCH_PROFILE/CACHE by default)
     time_budget: float | None = None  # seconds of training per trial; None: the profile's
     baseline_trials: int = 5        # ok trials of a new mainline before it judges anything (its noise floor);
-                                    # fewer costs power: 3 finds 74% of true 2σ wins, 5 finds 84% (docs/statistics.md)
+                                    # fewer costs power: 3 finds 83% of true 2σ wins, 5 finds 88% (docs/statistics.md)
     retest_trials: int = 4          # fresh seed pairs (merge, previous mainline) of a re-test's first look
     confidence: float = 0.9         # one-sided, per candidate: P(a null change is merged) <= 1 - confidence
     retest_confidence: float = 0.9  # one-sided, per re-test: P(a null change is promoted) <= the product of the

@@ -116,8 +116,8 @@ def _lazy(p: argparse.ArgumentParser, module: str):
 
 def _flags(args) -> dict:
     keys = ("campaign", "repo", "journal", "address", "workers", "time_budget", "baseline_trials",
-            "retest_trials", "confidence", "retest_confidence", "min_effect", "max_seeds", "lease_s", "until", "max_trials",
-            "agent", "seed", "buffer", "agent_threads", "workdir", "smoke", "heldout", "sandbox")
+            "retest_trials", "confidence", "retest_confidence", "min_effect", "max_seeds", "lease_s", "until",
+            "max_trials", "agent", "seed", "buffer", "agent_threads", "workdir", "smoke", "heldout", "sandbox")
     flags = {k: getattr(args, k, None) for k in keys}
     env = {}
     for item in getattr(args, "env", None) or []:

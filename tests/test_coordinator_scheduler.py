@@ -462,7 +462,7 @@ def test_a_retest_spends_its_own_alpha():
     d = decide_retest(j.state, "m1", policy)
     assert 0.05 < d["p_value"] <= 0.1 and "alpha 0.1" in d["test"]
     assert d["verdict"] == "confirmed" and d["final"]
-    # the candidate's alpha at the same look (0.05) would want more pairs
+    # a stricter re-test (0.9, the default: 0.05 at this look) wants more pairs
     same = Policy.from_config(load_config({"repo": ".", "retest_confidence": 0.9}, environ={}))
     assert decide_retest(j.state, "m1", same)["verdict"] == "promising"
 
