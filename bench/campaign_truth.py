@@ -57,6 +57,7 @@ BOOTSTRAP = 1000          # resamples of rigor.py's bootstrap
 RIGOR_P = 0.95            # its keep threshold
 RIGOR_SEEDS = 3
 Z95 = 1.959964
+RAY_INIT_TRIES = 3        # ray.init attempts (its node start-up deadline is a fixed 30 s)
 GIT_ENV = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
            "GIT_COMMITTER_EMAIL": "b@b"}
 
@@ -157,7 +158,8 @@ def run_swarm(tmp: Path, k: int, effects, order, trials: int, workers: int) -> d
     repo = tmp / f"c{k}"
     make_repo(repo)
     cfg = load_config({"repo": str(repo), "campaign": f"truth{k}", "workers": workers, "max_trials": trials,
-                       "poll_s": 0.02, "smoke": False, "heldout": False}, environ={})
+                       "poll_s": 0.02, "smoke": False, "heldout": False,
+                       "time_budget": 1}, environ={})
     t = time.perf_counter()
     reason = Campaign(cfg, agent=knob_agent(order), worker_class=standin_class(repo, effects, f"s{k}"),
                       log=lambda m: None).run()
@@ -185,10 +187,47 @@ def run_swarm(tmp: Path, k: int, effects, order, trials: int, workers: int) -> d
     on = knobs_on(subprocess.run(["git", "show", f"{st.swarm[track].trusted}:train.py"], cwd=repo, check=True,
                                  capture_output=True, text=True).stdout)
     return {"policy": "swarm", "reason": reason, "wall_s": wall, "trials": st.finished_count,
+            "purposes": trial_purposes(st, cfg.baseline_trials),
             "promoted_eff": [eff_of[c] for c in promoted],
             "wins": [final[c] for c in final if eff_of[c] == WIN],
             "null_trials": [cand_trials[c] for c in final if eff_of[c] == 0.0],
             "gain_sigma": (BASE_BPB - truth(on, effects)) / SIGMA}
+
+
+PURPOSES = ("initial baselines", "new-mainline baselines", "idle baselines", "candidate screens",
+            "candidate confirm looks", "re-test: merge", "re-test: previous mainline", "other")
+
+
+def trial_purposes(st, baseline_trials: int) -> dict:
+    """Finished trials by what they were for. Baselines of a commit up to baseline_trials (its
+    values of any kind counted first, re-tests included) are the ones a decision needs; more are
+    an idle worker's; the initial commit's are the campaign's start."""
+    out = dict.fromkeys(PURPOSES, 0)
+    merged = {m.commit for m in st.merges.values()}
+    firsts = set()
+    for t in st.trials.values():
+        if t.status == "running":
+            continue
+        if t.kind == "candidate":
+            first = t.candidate_id not in firsts
+            firsts.add(t.candidate_id)
+            out["candidate screens" if first else "candidate confirm looks"] += 1
+        elif t.kind == "retest":
+            m = st.merges.get(t.candidate_id)
+            out["re-test: merge" if m is not None and t.commit == m.commit else "re-test: previous mainline"] += 1
+        elif t.kind == "baseline":
+            kinds = st.groups[(t.track, t.commit)].kinds if (t.track, t.commit) in st.groups else []
+            before = kinds[:baseline_trials]
+            need = baseline_trials - sum(k != "baseline" for k in before)
+            n = out.setdefault(("seen", t.commit), 0) + 1
+            out[("seen", t.commit)] = n
+            if n > need:
+                out["idle baselines"] += 1
+            else:
+                out["new-mainline baselines" if t.commit in merged else "initial baselines"] += 1
+        else:
+            out["other"] += 1
+    return {k: v for k, v in out.items() if isinstance(k, str)}
 
 
 # -----------------------------------------------------------------------------
@@ -303,8 +342,16 @@ def main():
     args = ap.parse_args()
 
     import ray
-    ray.init(address="local", num_cpus=2, resources={"mlx": args.workers}, include_dashboard=False,
-             log_to_driver=False)
+    for attempt in range(RAY_INIT_TRIES):   # a loaded machine can miss Ray's fixed 30 s start-up deadline
+        try:
+            ray.init(address="local", num_cpus=2, resources={"mlx": args.workers}, include_dashboard=False,
+                     log_to_driver=False)
+            break
+        except Exception as e:
+            ray.shutdown()
+            if attempt == RAY_INIT_TRIES - 1:
+                raise
+            print(f"ray.init failed ({e}); trying again", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="swarm-truth-"))
     runs = {"swarm": [], "greedy": [], "rigor": []}
     try:
@@ -320,11 +367,16 @@ def main():
                 runs["rigor"].append(run_rigor(effects, order, args.trials, f"r{k}:{rep}"))
             print(f"campaign {k + 1}/{args.campaigns}: {r['trials']} trials in {r['wall_s']:.0f}s ({r['reason']}), "
                   f"{len(r['promoted_eff'])} promotions (true effects {r['promoted_eff']}), "
-                  f"gain {r['gain_sigma']:.1f} sigma", flush=True)
+                  f"gain {r['gain_sigma']:.1f} sigma; trials {r['purposes']}", flush=True)
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
 
+    swarm_runs = runs["swarm"]
+    total = sum(r["trials"] for r in swarm_runs) or 1
+    print("\nswarm trials by purpose (all campaigns): " + ", ".join(
+        f"{k} {sum(r['purposes'][k] for r in swarm_runs)} ({100 * sum(r['purposes'][k] for r in swarm_runs) / total:.0f}%)"
+        for k in PURPOSES))
     print(f"\n{args.trials} trials per campaign, {args.workers} workers, noise sigma {SIGMA}, mix "
           f"{', '.join(f'{int(s * 100)}% {e:+g} sigma' for s, e in MIX)}; swarm: {args.campaigns} campaigns of the "
           f"real coordinator; greedy and rigor: {args.sim_reps} noise draws on each campaign's truth table")

@@ -15,7 +15,8 @@ previous mainline on the same fresh seeds). The whole coordinator on a known-tru
 campaigns end to end: bench/campaign_truth.py.
 
 Figures (95% confidence intervals: Wilson for proportions, normal for means):
-  false merges   share of null candidates (true effect 0) confirmed   target <= 5%
+  false merges   share of null candidates (true effect 0) confirmed   bound <= alpha (10%); the issue's
+                 <= 5% is on promotions, after the re-test (run_mix, bench/campaign_truth.py)
   power          share of true 2-sigma improvements confirmed          target >= 80%
   trials / null  average trials a null candidate costs                 target <= 2.0
 
@@ -32,6 +33,7 @@ from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core.stats import StatsConfig, decide, noise_floor  # noqa: E402
+from coordinator.scheduler import Policy  # noqa: E402  (the coordinator's re-test alpha and futility stop)
 
 SIGMA = 0.03          # seed-to-seed noise in bpb (~MLX, see shared/RESEARCH-NOTES.md)
 MAINLINE_BPB = 1.50   # true val_bpb of the mainline (only differences matter)
@@ -39,6 +41,7 @@ WIN = 2.0             # a "true improvement" is this many sigma better
 HISTORY_TRIALS = 4    # trials per earlier mainline commit in the track's history
 RETEST_PAIRS = 4      # a re-test's first look (the coordinator's --retest-trials default)
 Z95 = 1.959964        # two-sided 95% normal quantile
+ALPHA = 1 - StatsConfig().confidence   # the per-candidate bound on a null's merge
 
 # realistic mix of hypotheses: (share, true effect in sigma, negative = better)
 REALISTIC_MIX = [
@@ -112,7 +115,7 @@ def report(name, nulls, wins):
     fm, pw = sum(m for m, _ in nulls), sum(m for m, _ in wins)
     tn, tw = [t for _, t in nulls], [t for _, t in wins]
     ok = lambda c: "ok  " if c else "MISS"
-    print(f"{name:<42} {fmt_prop(fm, len(nulls))} {ok(fm / len(nulls) <= 0.05)}"
+    print(f"{name:<42} {fmt_prop(fm, len(nulls))} {ok(fm / len(nulls) <= ALPHA)}"
           f"  {fmt_prop(pw, len(wins))} {ok(pw / len(wins) >= 0.80)}"
           f"  {fmt_mean(tn)} {ok(sum(tn) / len(tn) <= 2.0)}  {fmt_mean(tw)}")
 
@@ -120,8 +123,11 @@ def report(name, nulls, wins):
 def run_retest(rng, effect_sigma, sigma, dof, cfg, first=RETEST_PAIRS):
     """A merge's re-test as the coordinator runs it: the merge and the previous mainline side by
     side on the same fresh seeds (independent noise here: rho 0, so the unpaired test), no
-    one-trial screen, first look at `first` pairs. Returns True when promoted."""
+    one-trial screen, first look at `first` pairs, the re-test's own alpha and futility stop
+    (Policy().retest_stats). Returns True when promoted."""
     sign = 1 if cfg.direction == "minimize" else -1
+    rcfg = Policy().retest_stats
+    cfg = replace(cfg, confidence=rcfg.confidence, futility_sigma=rcfg.futility_sigma)
     merged, previous, ask = [], [], first
     while True:
         merged += [rng.gauss(MAINLINE_BPB + sign * effect_sigma * SIGMA, SIGMA) for _ in range(ask)]
@@ -186,7 +192,7 @@ def main():
         (f"maximize, mainline {args.baseline} + history {args.history}", args.baseline, args.history,
          replace(cfg, direction="maximize")),
     ]
-    print(f"{'scenario':<42} {'false merges (<=5%)':<27} {'2σ wins merged (>=80%)':<27} "
+    print(f"{'scenario':<42} {f'false merges (<={100 * ALPHA:g}%)':<27} {'2σ wins merged (>=80%)':<27} "
           f"{'trials/null (<=2.0)':<23} trials/win")
     for name, baseline, history, c in scenarios:
         report(name, *run_scenario(rng, args.n, baseline, history, c))

@@ -54,8 +54,8 @@ from core.target import Target
 __all__ = ["Campaign", "CampaignError"]
 
 # Settings that define how a campaign judges: a resumed campaign keeps the ones it started with.
-CAMPAIGN_DEFINING = ("baseline_trials", "retest_trials", "confidence", "min_effect", "max_seeds",
-                     "time_budget", "seed", "smoke", "heldout")
+CAMPAIGN_DEFINING = ("baseline_trials", "retest_trials", "confidence", "retest_confidence", "min_effect",
+                     "max_seeds", "time_budget", "seed", "smoke", "heldout")
 
 
 def _log(msg: str):

@@ -52,9 +52,11 @@ class SwarmConfig:
     env: dict = field(default_factory=dict)  # extra env for trials (AUTORESEARCH_PROFILE/CACHE by default)
     time_budget: float | None = None  # seconds of training per trial; None: the profile's
     baseline_trials: int = 5        # ok trials of a new mainline before it judges anything (its noise floor);
-                                    # fewer costs power: 3 finds 74% of true 2σ wins, 5 finds 84% (docs/statistics.md)
-    retest_trials: int = 4          # fresh seeds started at once for a merged mainline
-    confidence: float = 0.95        # one-sided; overall false-merge rate <= 1 - confidence
+                                    # fewer costs power: 3 finds 83% of true 2σ wins, 5 finds 88% (docs/statistics.md)
+    retest_trials: int = 4          # fresh seed pairs (merge, previous mainline) of a re-test's first look
+    confidence: float = 0.9         # one-sided, per candidate: P(a null change is merged) <= 1 - confidence
+    retest_confidence: float = 0.9  # one-sided, per re-test: P(a null change is promoted) <= the product of the
+                                    # two alphas (0.1 x 0.1 = 1%); a second independent test (docs/statistics.md)
     min_effect: float = 0.0         # smallest improvement worth a merge (metric units)
     max_seeds: int = 8              # trials per candidate (and per re-test) at most: the final look
     lease_s: float = 60.0           # a worker silent this long loses its trial (re-run elsewhere)
@@ -169,7 +171,9 @@ def _check(cfg: SwarmConfig) -> SwarmConfig:
     need(is_int(cfg.baseline_trials, 2), "baseline_trials",
          "a whole number >= 2 (the noise floor needs repeated trials of the mainline)")
     need(is_int(cfg.retest_trials, 1), "retest_trials", "a whole number >= 1")
-    need(is_num(cfg.confidence, 0.5) and cfg.confidence < 1, "confidence", "a number in (0.5, 1), e.g. 0.95")
+    need(is_num(cfg.confidence, 0.5) and cfg.confidence < 1, "confidence", "a number in (0.5, 1), e.g. 0.9")
+    need(is_num(cfg.retest_confidence, 0.5) and cfg.retest_confidence < 1, "retest_confidence",
+         "a number in (0.5, 1), e.g. 0.9")
     need(isinstance(cfg.min_effect, (int, float)) and cfg.min_effect >= 0, "min_effect", "a number >= 0 (bpb)")
     need(is_int(cfg.max_seeds, 2), "max_seeds", "a whole number >= 2")
     need(cfg.retest_trials <= cfg.max_seeds, "retest_trials", f"at most max_seeds ({cfg.max_seeds})")
@@ -224,7 +228,7 @@ def load_config(flags: dict | None = None, toml_path: str | os.PathLike | None =
     values["agents"] = {**(from_file.get("agents") or {}), **(flags.get("agents") or {})}
     if "until" in values:
         values["until"] = parse_until(values["until"])
-    for key in ("time_budget", "lease_s", "confidence", "min_effect", "poll_s"):
+    for key in ("time_budget", "lease_s", "confidence", "retest_confidence", "min_effect", "poll_s"):
         if isinstance(values.get(key), int) and not isinstance(values.get(key), bool):
             values[key] = float(values[key])
     if values.get("journal") is None and environ.get(JOURNAL_ENV):

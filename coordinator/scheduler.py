@@ -21,7 +21,9 @@ needed again: re-queued without a queue.
 next_decision(state, policy) names the next decision the state is missing
 (a verdict, a re-test decision, a promotion or revert, the next merge, a
 held-out result); the campaign carries it out and journals it, then asks
-again. decide_candidate / decide_retest go through core/stats.py.
+again. decide_candidate / decide_retest go through core/stats.py (a re-test
+with its own alpha and futility stop, Policy.retest_stats: a second,
+independent test of a confirmed candidate).
 Each look is decided once, when its planned trials are all in, on inputs that
 are frozen then and journaled with the verdict (inputs: the values, their
 seeds, sigma, dof, rho): later mainline values never re-open a look.
@@ -29,12 +31,14 @@ seeds, sigma, dof, rho): later mainline values never re-open a look.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from core import stats
 from coordinator.state import FINAL_VERDICTS, CampaignState
 
 IDLE_BASELINES_PER_SEED = 4   # max_baselines = this x max_seeds: idle workers stop adding baselines there
+RETEST_FUTILITY_SIGMA = 0.5   # a re-test reverts early when the merge is not better by this many sigma: lower
+                              # than a candidate's (0.75), its pairs are fresh and a revert loses a found win
 
 
 @dataclass(frozen=True)
@@ -45,12 +49,16 @@ class Policy:
     smoke: bool = True
     stats: stats.StatsConfig = field(default_factory=stats.StatsConfig)
     max_baselines: int = 32            # baselines of one mainline at most, idle ones included
+    retest_stats: stats.StatsConfig = field(        # a merge's re-test: its own alpha and futility stop
+        default_factory=lambda: stats.StatsConfig(confidence=0.9, futility_sigma=RETEST_FUTILITY_SIGMA))
 
     @classmethod
     def from_config(cls, cfg, direction: str = "minimize") -> Policy:
+        s = cfg.stats_config(direction)
         return cls(baseline_trials=cfg.baseline_trials, retest_trials=cfg.retest_trials,
-                   smoke=cfg.smoke, stats=cfg.stats_config(direction),
-                   max_baselines=max(cfg.baseline_trials, IDLE_BASELINES_PER_SEED * cfg.max_seeds))
+                   smoke=cfg.smoke, stats=s,
+                   max_baselines=max(cfg.baseline_trials, IDLE_BASELINES_PER_SEED * cfg.max_seeds),
+                   retest_stats=replace(s, confidence=cfg.retest_confidence, futility_sigma=RETEST_FUTILITY_SIGMA))
 
 
 @dataclass(frozen=True)
@@ -110,7 +118,7 @@ def retest_wanted(state: CampaignState, cid: str, policy: Policy) -> int:
     wanted = policy.retest_trials
     if r is not None:
         wanted = max(wanted, int(r.get("trials") or 0) + int(r.get("more_trials") or 0))
-    return min(wanted, policy.stats.max_trials)
+    return min(wanted, policy.retest_stats.max_trials)
 
 
 def retest_demand(state: CampaignState, cid: str, policy: Policy) -> int:
@@ -314,13 +322,13 @@ def decide_retest(state: CampaignState, cid: str, policy: Policy) -> dict | None
                 "more_trials": 0, "reason": f"re-test trial {t.status if t else 'failed'}: "
                                             f"{t.reason if t else ''}".strip()}
     seeds, mine, theirs = state.retest_pairs(cid)
-    n = _next_look(policy.stats, m.retest, False, policy.retest_trials)
+    n = _next_look(policy.retest_stats, m.retest, False, policy.retest_trials)
     if n is None or len(mine) < n:
         return None
     seeds, mine, theirs = seeds[:n], mine[:n], theirs[:n]
     rho = state.within_seed_rho(m.track)
     sigma, dof = state.noise(m.track, exclude=m.commit)
-    d = stats.decide(mine, theirs, sigma, dof, policy.stats, screen=False, first=policy.retest_trials,
+    d = stats.decide(mine, theirs, sigma, dof, policy.retest_stats, screen=False, first=policy.retest_trials,
                      pairs=theirs, rho=rho[0])
     return {**base, **_decision_data(d, dof), "final": d.verdict != "promising", "look_trials": n,
             "inputs": _inputs(seeds, mine, seeds, theirs, sigma, dof, rho, theirs)}

@@ -29,7 +29,7 @@ seeds spent on them are the real cost. The test looks at fixed trial counts
 (defaults 1, 2, 4, 8 = max_trials) and asks for all the seeds of the next look
 at once, so several workers can run them in parallel:
   look 1, one trial: screen. Discard unless the candidate beats the mainline
-      mean by screen_sigma (0.5) * s: a null passes ~1 time in 3, a true
+      mean by screen_sigma (0.4) * s: a null passes ~1 time in 3, a true
       2-sigma win ~9 times in 10. The screen never confirms.
   later looks: confirm when p <= alpha_k and gain >= min_effect. Otherwise
       discard at max_trials, or earlier when gain < futility_sigma (0.75) * s
@@ -47,8 +47,10 @@ extra looks.
 
 min_effect (bpb) is a practical threshold on top of significance: the test
 is against "no improvement", and a significant gain smaller than min_effect
-is not confirmed. The same decide() re-tests a merged mainline against the
-previous one: confirmed -> promote, discard -> revert, promising -> more seeds.
+is not confirmed. The same decide() (screen=False, with the re-test's own
+alpha and futility stop: the coordinator's Policy.retest_stats) re-tests a
+merged mainline against the previous one: confirmed -> promote, discard ->
+revert, promising -> more seeds.
 
 Measured error rates of the defaults: bench/statistics.py, docs/statistics.md.
 Pure functions, no I/O; the Student-t CDF is implemented here (no scipy).
@@ -64,12 +66,12 @@ LARGE_DOF = 1e7             # beyond this the t distribution is the normal one t
 
 @dataclass(frozen=True)
 class StatsConfig:
-    confidence: float = 0.95     # one-sided; overall false-merge rate of null candidates <= 1 - confidence
+    confidence: float = 0.9      # one-sided; overall false-merge rate of null candidates <= 1 - confidence
     min_effect: float = 0.0      # smallest improvement worth a merge, in metric units (bpb), >= 0
     max_trials: int = 8          # the final look: not confirmed by then -> discard
     direction: str = "minimize"  # "minimize" (val_bpb) or "maximize" (foreign targets)
     looks: tuple = (1, 2, 4)     # trial counts where the test looks; max_trials is always the last one
-    screen_sigma: float = 0.5    # look 1: discard unless better by this many sigma (trials/null vs power)
+    screen_sigma: float = 0.4    # look 1: discard unless better by this many sigma (trials/null vs power)
     futility_sigma: float = 0.75 # later looks: discard unless better by this many sigma
     prior_sigma: float = 0.03    # noise floor when no commit has 2 trials yet (~MLX seed noise, bpb)
 

@@ -41,7 +41,9 @@ def _run_flags(p: argparse.ArgumentParser):
                    "(default: the profile's)")
     p.add_argument("--baseline-trials", type=int, default=None, help="trials of a new mainline before it judges anything (default 5)")
     p.add_argument("--retest-trials", type=int, default=None, help="fresh seeds for a merge (default 4)")
-    p.add_argument("--confidence", type=float, default=None, help="one-sided confidence (default 0.95)")
+    p.add_argument("--confidence", type=float, default=None, help="one-sided confidence per candidate (default 0.9)")
+    p.add_argument("--retest-confidence", type=float, default=None,
+                   help="one-sided confidence of a merge's re-test (default 0.9)")
     p.add_argument("--min-effect", type=float, default=None, help="smallest improvement kept, bpb (default 0)")
     p.add_argument("--max-seeds", type=int, default=None, help="trials per candidate at most (default 8)")
     p.add_argument("--lease", dest="lease_s", type=float, default=None,
@@ -114,8 +116,8 @@ def _lazy(p: argparse.ArgumentParser, module: str):
 
 def _flags(args) -> dict:
     keys = ("campaign", "repo", "journal", "address", "workers", "time_budget", "baseline_trials",
-            "retest_trials", "confidence", "min_effect", "max_seeds", "lease_s", "until", "max_trials",
-            "agent", "seed", "buffer", "agent_threads", "workdir", "smoke", "heldout", "sandbox")
+            "retest_trials", "confidence", "retest_confidence", "min_effect", "max_seeds", "lease_s", "until",
+            "max_trials", "agent", "seed", "buffer", "agent_threads", "workdir", "smoke", "heldout", "sandbox")
     flags = {k: getattr(args, k, None) for k in keys}
     env = {}
     for item in getattr(args, "env", None) or []:

@@ -109,6 +109,7 @@ def test_cache_path_travels_only_to_local_workers(tmp_path):
 
 @pytest.mark.parametrize("flags, key", [({"baseline_trials": 1}, "baseline_trials"),
                                         ({"confidence": 1.5}, "confidence"),
+                                        ({"retest_confidence": 0.4}, "retest_confidence"),
                                         ({"workers": 0}, "workers"),
                                         ({"agent": "gpt"}, "agent"),
                                         ({"campaign": "bad tag!"}, "campaign"),
@@ -440,6 +441,30 @@ def test_a_retest_is_never_reverted_on_one_value():
     j.decide()
     r = j.state.merges["m1"].retest
     assert r["look_trials"] == 4 and "screen" not in r["test"]
+
+
+def test_a_retest_spends_its_own_alpha():
+    # the re-test is a second, independent test of a confirmed candidate: it has its own alpha
+    # (retest_confidence, 0.8: 0.1 at its first look of 4 of 8 pairs) and futility stop (0.5 sigma)
+    policy = Policy.from_config(load_config({"repo": ".", "retest_confidence": 0.8}, environ={}))
+    assert Policy.from_config(load_config({"repo": "."}, environ={})).retest_stats.confidence == 0.9
+    assert policy.retest_stats.confidence == 0.8 and policy.retest_stats.futility_sigma == 0.5
+    assert policy.stats.confidence == 0.9 and policy.stats.futility_sigma == 0.75
+    j = Journal()
+    j.join("w1", A)
+    j.baselines(A)
+    j.candidate(A, "m1")
+    j.emit("verdict", candidate_id="m1", hypothesis_id="hm1", track=A, verdict="confirmed", trials=4)
+    j.emit("merged", track=A, candidate_id="m1", commit="m" * 40, previous=INIT)
+    for s, v, prev in zip(range(1000, 1004), (1.992, 1.997, 1.987, 2.002), (2.005, 1.995, 2.01, 2.0)):
+        j.trial(A, "m" * 40, "retest", s, v, cid="m1")
+        j.trial(A, INIT, "retest", s, prev, cid="m1")
+    d = decide_retest(j.state, "m1", policy)
+    assert 0.05 < d["p_value"] <= 0.1 and "alpha 0.1" in d["test"]
+    assert d["verdict"] == "confirmed" and d["final"]
+    # a stricter re-test (0.9, the default: 0.05 at this look) wants more pairs
+    same = Policy.from_config(load_config({"repo": ".", "retest_confidence": 0.9}, environ={}))
+    assert decide_retest(j.state, "m1", same)["verdict"] == "promising"
 
 
 def test_within_seed_correlation_is_measured_and_picks_the_paired_test():

@@ -83,8 +83,9 @@ def test_alpha_is_spent_over_the_confirming_looks():
     sched = look_schedule(cfg)
     assert [n for n, _ in sched] == [1, 2, 4, 8]
     assert sched[0][1] == 0.0                                   # the screen never confirms
-    assert sum(a for _, a in sched) == pytest.approx(0.05)
-    assert look_schedule(StatsConfig(max_trials=1)) == [(1, pytest.approx(0.05))]
+    assert sum(a for _, a in sched) == pytest.approx(0.10)           # the default alpha: confidence 0.9
+    assert [a for _, a in sched[1:]] == pytest.approx([0.10 / 7, 0.20 / 7, 0.40 / 7])
+    assert look_schedule(StatsConfig(max_trials=1)) == [(1, pytest.approx(0.10))]
 
 
 def test_clear_loser_is_discarded_after_one_trial():
@@ -97,9 +98,9 @@ def test_clear_loser_is_discarded_after_one_trial():
 
 
 def test_marginal_single_trial_is_screened_out():
-    # better than the mainline, but by less than screen_sigma (0.5 sigma): not worth more seeds
-    assert decide([1.50 - 0.4 * SIGMA], MAIN, *NF).verdict == "discard"
-    assert decide([1.50 - 0.6 * SIGMA], MAIN, *NF).verdict == "promising"
+    # better than the mainline, but by less than screen_sigma (0.4 sigma): not worth more seeds
+    assert decide([1.50 - 0.3 * SIGMA], MAIN, *NF).verdict == "discard"
+    assert decide([1.50 - 0.5 * SIGMA], MAIN, *NF).verdict == "promising"
 
 
 def test_clear_winner_is_promising_then_confirmed():
@@ -128,9 +129,9 @@ def test_a_look_judges_exactly_its_planned_trials():
 
 def test_null_candidate_is_discarded_at_max_trials():
     # 0.8 sigma better at every look: passes the screen and the futility stop,
-    # but is never significant, and max_trials ends it
+    # but is never significant at 95%, and max_trials ends it
     cand = [1.50 - 0.8 * SIGMA + e for e in (0.0, 0.0, 0.001, -0.001, 0.002, -0.002, 0.001, -0.001)]
-    cfg = StatsConfig()
+    cfg = StatsConfig(confidence=0.95)
     for n in (1, 2, 4):
         assert decide(cand[:n], MAIN, *NF, cfg).verdict == "promising"
     d = decide(cand, MAIN, *NF, cfg)
@@ -177,8 +178,8 @@ def test_prior_sigma_with_a_single_mainline_trial():
     assert d.noise_floor == 0.03 and "PRIOR" in d.test and "z-test" in d.test
     assert d.p_value == pytest.approx(normal_sf(0.02 / (0.03 * math.sqrt(2))), abs=1e-12)
     assert d.verdict == "promising"                          # 0.67 sigma better: passes the screen
-    wide = decide([1.48], [1.50], None, 0, StatsConfig(prior_sigma=0.05))
-    assert wide.verdict == "discard"                         # 0.4 sigma of a wider prior: screened out
+    wide = decide([1.48], [1.50], None, 0, StatsConfig(prior_sigma=0.07))
+    assert wide.verdict == "discard"                         # 0.29 sigma of a wider prior: screened out
     # once the candidate has repeated trials, its own spread is measured: no prior needed
     d2 = decide([1.48, 1.47], [1.50], None, 0, StatsConfig(prior_sigma=0.03))
     assert "PRIOR" not in d2.test and d2.noise_floor == pytest.approx(math.sqrt(0.00005))
