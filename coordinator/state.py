@@ -1,7 +1,7 @@
 """
 The coordinator's campaign state, rebuilt purely by replaying the journal.
 
-journal.views.CampaignState already folds every event into trials, hypotheses,
+journal.views.CampaignView already folds every event into trials, hypotheses,
 candidates, tracks (mainline history) and workers; this subclass adds what the
 coordinator decides from, kept as indexes so one decision stays cheap with
 thousands of trials:
@@ -32,10 +32,9 @@ import sys
 from dataclasses import dataclass, field
 
 from journal.events import SCHEMA_VERSION
-from journal.views import VAL_KINDS
 from core.keys import hypothesis_key
-from core.stats import pooled_sigma
-from journal.views import CampaignView
+from core.stats import pooled_sigma, within_seed_correlation
+from journal.views import VAL_KINDS, CampaignView
 
 # Fresh seeds of each trial kind start here. A (code, seed) runs at most once per
 # track (held-out runs apart: another split); candidates take their mainline's
@@ -493,24 +492,8 @@ class CampaignState(CampaignView):
         seen = ts.noise_dof if ts is not None else 0
         if cached is not None and seen - cached[0] < max(20, RHO_REFRESH * cached[0]):
             return cached[1], cached[2]
-        by_seed: dict = {}
-        for g in self.track_groups.get(track, ()):
-            if len(g.values) < 2:
-                continue
-            for x, seed in zip(g.values, g.seeds):
-                if seed is not None:
-                    r = by_seed.setdefault(seed, [0.0, 0.0, 0])
-                    r[0] += x - g.mean
-                    r[1] += (x - g.mean) ** 2
-                    r[2] += 1
-        sxy = sxx = 0.0
-        pairs = 0
-        for tot, sq, k in by_seed.values():
-            if k >= 2:
-                sxy += (tot * tot - sq) / 2.0        # sum over pairs i < j of r_i r_j
-                sxx += (k - 1) * sq / 2.0            # sum over pairs of (r_i^2 + r_j^2) / 2
-                pairs += k * (k - 1) // 2
-        rho = sxy / sxx if pairs >= RHO_MIN_PAIRS and sxx > 0 else None
+        rho, pairs = within_seed_correlation(((g.values, g.seeds) for g in self.track_groups.get(track, ())),
+                                             RHO_MIN_PAIRS)
         self.rho_cache[track] = (seen, rho, pairs)
         return rho, pairs
 

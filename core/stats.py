@@ -183,6 +183,35 @@ def pooled_sigma(ss, dof):
     return math.sqrt(max(ss, 0.0) / dof), dof
 
 
+
+def within_seed_correlation(groups, min_pairs):
+    """Correlation of trial noise between commits run on the same seed (the same data order
+    and initialization). groups: (values, seeds) per commit of one track; each value's
+    residual from its own commit's mean is correlated with the residuals of the other
+    commits' values on its seed (an intraclass correlation over all such pairs). Commits
+    with fewer than 2 values, and values without a seed, carry nothing. Returns (rho,
+    pairs); rho None below min_pairs pairs."""
+    by_seed: dict = {}
+    for values, seeds in groups:
+        if len(values) < 2:
+            continue
+        m = math.fsum(values) / len(values)
+        for x, seed in zip(values, seeds):
+            if seed is not None:
+                r = by_seed.setdefault(seed, [0.0, 0.0, 0])
+                r[0] += x - m
+                r[1] += (x - m) ** 2
+                r[2] += 1
+    sxy = sxx = 0.0
+    pairs = 0
+    for tot, sq, k in by_seed.values():
+        if k >= 2:
+            sxy += (tot * tot - sq) / 2.0        # sum over pairs i < j of r_i r_j
+            sxx += (k - 1) * sq / 2.0            # sum over pairs of (r_i^2 + r_j^2) / 2
+            pairs += k * (k - 1) // 2
+    return (sxy / sxx if pairs >= min_pairs and sxx > 0 else None), pairs
+
+
 # -----------------------------------------------------------------------------
 # The sequential decision
 

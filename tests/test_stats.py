@@ -6,7 +6,7 @@ import random
 import pytest
 
 from core.stats import (StatsConfig, betainc, decide, look_schedule, noise_floor, normal_sf,
-                               t_sf)
+                               t_sf, within_seed_correlation)
 
 SIGMA = 0.03
 MAIN = [1.50 + d for d in (-0.04, -0.02, -0.01, 0.0, 0.0, 0.01, 0.02, 0.04)]  # mean exactly 1.50
@@ -237,3 +237,22 @@ def test_simulated_error_rates():
     assert false_merges <= 0.09
     assert power >= 0.70
     assert trials_per_null <= 2.4
+
+
+def test_within_seed_correlation_of_seed_matched_noise():
+    rng = random.Random(3)
+    seeds = list(range(12))
+    shared = {s: rng.gauss(0, 1) for s in seeds}              # what a seed does to every commit
+    # three commits at other levels: the same seed's noise in each, plus a little of their own
+    same = [([lvl + shared[s] + rng.gauss(0, 0.1) for s in seeds], seeds) for lvl in (3.0, 2.9, 3.2)]
+    rho, pairs = within_seed_correlation(same, min_pairs=10)
+    assert pairs == 3 * 12 and rho > 0.9                       # each seed: 3 commits, 3 pairs
+    # independent noise: no correlation; commits of one value and values without a seed count for nothing
+    indep = [([rng.gauss(0, 1) for _ in seeds], seeds) for _ in range(3)] + [([5.0], [0]), ([1.0, 2.0], [None, None])]
+    rho, pairs = within_seed_correlation(indep, min_pairs=10)
+    assert pairs == 36 and abs(rho) < 0.35
+    # opposite noise on the same seed: negative
+    anti = [([shared[s] for s in seeds], seeds), ([-shared[s] for s in seeds], seeds)]
+    assert within_seed_correlation(anti, min_pairs=10)[0] < -0.9
+    # too few pairs to trust
+    assert within_seed_correlation(same, min_pairs=37) == (None, 36)
