@@ -216,19 +216,13 @@ def paired(a, b):
     return m, m - half, m + half
 
 
-def within_seed_rho(groups):
+def within_seed_rho(groups, seeds):
     """Correlation of the seed noise between different codes run on the same seeds (residuals
-    from each code's own mean): how much a seed-matched (paired) comparison gains."""
-    res = [[x - sum(g) / len(g) for x in g] for g in groups]
-    sxy = sxx = 0.0
-    n = 0
-    for i in range(len(res)):
-        for j in range(i + 1, len(res)):
-            for a, b in zip(res[i], res[j]):
-                sxy += a * b
-                sxx += (a * a + b * b) / 2
-                n += 1
-    return (sxy / sxx if sxx > 0 else math.nan), n
+    from each code's own mean; core.stats, as the coordinator measures it on a track): how much
+    a seed-matched (paired) comparison gains."""
+    from core.stats import within_seed_correlation
+    rho, pairs = within_seed_correlation([(g, seeds) for g in groups], min_pairs=1)
+    return (math.nan if rho is None else rho), pairs
 
 
 def main():
@@ -270,7 +264,7 @@ def main():
           f"{args.heldout_seeds} seeds (the same for all), test split; held-out seed noise sigma "
           f"{sigma:.4f} bpb (dof {dof}); total {time.time() - t0:.0f}s")
     if len(groups) >= 2:
-        rho, pairs = within_seed_rho(groups)
+        rho, pairs = within_seed_rho(groups, seeds)
         print(f"within-seed correlation of the held-out runs (different code, same seed): rho {rho:+.2f} "
               f"over {pairs} pairs; the swarm's own estimate on its track: {sw['rho']}")
     print("| loop | final differs from start | held-out test_bpb (mean) | improvement over start, bpb [95% CI] | in sigma |")
