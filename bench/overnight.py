@@ -41,9 +41,9 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 PROFILE = "cpu"
 CORPUS_DOCS = 12000           # ~6 MB of text: val and test hold ~600 documents each
 TARGET_FILES = ("prepare.py", "train.py", "evaluate.py", "target.toml", "program.md")
-# The cpu profile's model: ~190-240 ms of CPU a step, ~250-300 optimizer steps a minute on an idle 2-core
-# machine (train.py's defaults are a Mac's: ~7 steps a minute here). 512 tokens a step: at 1024 a step
-# took ~360 ms of CPU (~165 steps at best).
+# The cpu profile's model: ~80 ms a step, ~700 optimizer steps a minute on an idle 2-core machine
+# (bench/efficiency.py --profiles cpu; ~0.5 s a step at a load of 6-9). train.py's defaults are a Mac's:
+# ~7 steps a minute here. 512 tokens a step: at 1024 a step cost about twice as much.
 CPU_MODEL = {"DEPTH": 2, "HEAD_DIM": 64, "TOTAL_BATCH_SIZE": 2 ** 9, "DEVICE_BATCH_SIZE": 4}
 # ... with one OpenBLAS thread: MLX's CPU ops run on one thread and this model's matmuls are small, so a
 # second OpenBLAS thread only spins between calls (sys time) and takes the core the rest of the step needs
