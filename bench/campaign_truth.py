@@ -194,14 +194,15 @@ def run_swarm(tmp: Path, k: int, effects, order, trials: int, workers: int) -> d
             "gain_sigma": (BASE_BPB - truth(on, effects)) / SIGMA}
 
 
-PURPOSES = ("initial baselines", "new-mainline baselines", "idle baselines", "candidate screens",
+PURPOSES = ("initial baselines", "new-mainline baselines", "standing-mainline baselines", "candidate screens",
             "candidate confirm looks", "re-test: merge", "re-test: previous mainline", "other")
 
 
 def trial_purposes(st, baseline_trials: int) -> dict:
     """Finished trials by what they were for. Baselines of a commit up to baseline_trials (its
-    values of any kind counted first, re-tests included) are the ones a decision needs; more are
-    an idle worker's; the initial commit's are the campaign's start."""
+    values of any kind counted first, re-tests included) are the ones its first decision needs;
+    more are a standing mainline's (one per MAINLINE_AGE_EVERY candidates judged against it) or an
+    idle worker's; the initial commit's are the campaign's start."""
     out = dict.fromkeys(PURPOSES, 0)
     merged = {m.commit for m in st.merges.values()}
     firsts = set()
@@ -222,7 +223,7 @@ def trial_purposes(st, baseline_trials: int) -> dict:
             n = out.setdefault(("seen", t.commit), 0) + 1
             out[("seen", t.commit)] = n
             if n > need:
-                out["idle baselines"] += 1
+                out["standing-mainline baselines"] += 1
             else:
                 out["new-mainline baselines" if t.commit in merged else "initial baselines"] += 1
         else:

@@ -133,6 +133,7 @@ class CampaignState(CampaignView):
         self.promotions: list = []                  # (track, candidate id, commit, previous) in order
         self.undecided: set = set()                 # candidate ids with trials newer than their verdict
         self.retest_undecided: set = set()          # merge candidate ids likewise
+        self.judged_on: dict[tuple, int] = {}       # (track, mainline commit) -> candidates judged against it
         self.heldout: dict[tuple, str | None] = {}  # (track, commit) -> None (wanted) | trial id | "done"
         self.heldout_wanted = True                  # campaign config: evaluate the test split on promotion
         self.stop_requested: str | None = None      # reason of a `swarm stop` since the last (re)start
@@ -324,6 +325,11 @@ class CampaignState(CampaignView):
     def _swarm_verdict(self, ev, d, now):
         cid = str(d["candidate_id"])
         ts = self.track_state(d["track"])
+        c = self.candidates.get(cid)
+        if c is not None and len(c.verdicts) == 1 and d.get("base_commit") and d.get("mainline_mean") is not None:
+            # its first look compared it with the mainline (the view folded this verdict already)
+            key = (d["track"], d["base_commit"])
+            self.judged_on[key] = self.judged_on.get(key, 0) + 1
         if d.get("verdict") in FINAL_VERDICTS:
             if ts.open.pop(cid, False) is None:
                 ts.judged += 1

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from coordinator.config import ConfigError, load_config, parse_until
-from coordinator.scheduler import Policy, decide_candidate, decide_retest, pending_decisions, schedule, work
+from coordinator.scheduler import (MAINLINE_AGE_EVERY, Policy, baseline_demand, decide_candidate, decide_retest,
+                                   pending_decisions, schedule, work)
 from coordinator.state import CampaignState
 from core import stats
 from core.stats import StatsConfig, noise_floor
@@ -266,6 +267,51 @@ def test_idle_workers_add_baselines_only_while_the_agent_works():
     assert [a.kind for a in schedule(j.state, [("w2", A)], policy, spare={A})] == ["candidate"]
     j.trial(A, c, "candidate", 0, finish=False, cid="k1")
     assert schedule(j.state, [("w2", A)], policy, spare={A}) == []
+
+
+def test_the_mainline_gets_a_baseline_per_candidates_judged_against_it():
+    """Every MAINLINE_AGE_EVERY candidates judged against the trusted mainline (a first look that
+    compared them: a crash does not count) ask for one more baseline of it, on a fresh seed, ahead
+    of other work, up to max_aged_baselines values; the count is folded from the journal (replay
+    gives the same)."""
+    policy = Policy(baseline_trials=3, retest_trials=4, smoke=True, stats=StatsConfig(max_trials=8),
+                    max_aged_baselines=5)
+    j = Journal()
+    j.join("w1", A)
+    j.baselines(A)
+
+    def judge(name, status="ok"):
+        c = j.candidate(A, name)
+        j.trial(A, c, "candidate", 0, 2.5 if status == "ok" else None, status=status, cid=name)
+        j.decide(policy)
+        return c
+
+    for i in range(MAINLINE_AGE_EVERY - 1):
+        judge(f"a{i}")
+    judge("crashed", status="crash")                 # judged, but never compared with the mainline
+    assert j.state.candidates["crashed"].verdict["verdict"] == "crash"
+    assert baseline_demand(j.state, A, policy) == 0
+    assert schedule(j.state, [("w1", A)], policy) == []
+    judge("a-last")                                  # the MAINLINE_AGE_EVERY-th compared one
+    assert j.state.judged_on[(A, INIT)] == MAINLINE_AGE_EVERY
+    got = schedule(j.state, [("w1", A)], policy)
+    assert [(a.kind, a.commit, a.seed) for a in got] == [("baseline", INIT, 3)]   # the next fresh seed
+    fresh = j.candidate(A, "waiting")                # the baseline goes first, the candidate next
+    got = schedule(j.state, [("w1", A), ("w2", A)], policy)
+    assert [(a.kind, a.commit) for a in got] == [("baseline", INIT), ("candidate", fresh)]
+    j.trial(A, INIT, "baseline", 3, 2.0)
+    assert baseline_demand(j.state, A, policy) == 0
+
+    for i in range(3 * MAINLINE_AGE_EVERY):         # 3 more rounds: capped at max_aged_baselines (5)
+        judge(f"b{i}")
+    assert baseline_demand(j.state, A, policy) == 1
+    j.trial(A, INIT, "baseline", 4, 2.0)
+    assert baseline_demand(j.state, A, policy) == 0
+
+    replayed = CampaignState("t")
+    for pos, ev in enumerate(j.events):
+        replayed.apply(ev, str(pos + 1))
+    assert replayed.judged_on == j.state.judged_on == {(A, INIT): 4 * MAINLINE_AGE_EVERY}
 
 
 def test_aborted_trial_is_needed_again_with_its_seed():
