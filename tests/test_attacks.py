@@ -332,7 +332,10 @@ def test_an_honest_value_is_the_same_by_hand_and_through_the_worker(research, ti
                        env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
     by_hand = float(re.search(r"^val_bpb:\s+([0-9.]+)", p.stdout, re.MULTILINE).group(1))
-    assert by_hand == pytest.approx(honest, abs=1e-6)
+    # the same model on the same rows; the two evaluations may batch the rows differently (the evaluator
+    # sizes its batches by memory), and fp32 sums in another order differ in the 6th decimal (1.4e-6 seen
+    # under load); another model, split or row count moves val_bpb by 1e-3 or more
+    assert by_hand == pytest.approx(honest, abs=1e-5)
 
 
 def test_without_bubblewrap_the_worker_says_what_to_install(research, tmp_path, monkeypatch):
