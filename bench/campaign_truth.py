@@ -65,16 +65,18 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAM
 # -----------------------------------------------------------------------------
 # The target: truth and noise
 
+def draw_effect(rng) -> float:
+    """One effect from MIX (in sigma)."""
+    r, acc = rng.random(), 0.0
+    for share, eff in MIX:
+        acc += share
+        if r < acc:
+            break
+    return eff
+
+
 def draw_effects(rng) -> list:
-    out = []
-    for _ in range(KNOBS):
-        r, acc = rng.random(), 0.0
-        for share, eff in MIX:
-            acc += share
-            if r < acc:
-                break
-        out.append(eff)
-    return out
+    return [draw_effect(rng) for _ in range(KNOBS)]
 
 
 def truth(on: frozenset, effects) -> float:

@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from campaign_truth import MIX, WIN  # noqa: E402  (the same truth mix as the real-coordinator bench)
+from campaign_truth import MIX, WIN, draw_effect  # noqa: E402  (the real-coordinator bench's truth mix)
 from coordinator.scheduler import AGED_BASELINES_PER_SEED, MAINLINE_AGE_EVERY, RETEST_FUTILITY_SIGMA  # noqa: E402
 from core import stats  # noqa: E402
 
@@ -62,15 +62,6 @@ DEFAULT = {"screen": 0.4, "futility": 0.75, "confidence": 0.9, "retest_conf": 0.
            "max_seeds": 8, "age_every": MAINLINE_AGE_EVERY}   # the coordinator's defaults: in GRID
 TOP = 5                   # rows printed per ranking
 RECHECK = 4               # the picked designs are measured again on this many times the campaigns
-
-
-def draw_effect(rng) -> float:
-    r, acc = rng.random(), 0.0
-    for share, eff in MIX:
-        acc += share
-        if r < acc:
-            return eff
-    return MIX[-1][1]
 
 
 def configs(d: dict):
