@@ -130,6 +130,9 @@ class CampaignView:
     def _on_stop_requested(self, ev, d):
         pass  # the coordinator acts on it; campaign_stopped follows
 
+    def _on_coordinator_lease(self, ev, d):
+        pass  # the coordinator's owner lease: only coordinators act on it (coordinator/state.py)
+
     def _on_merge_conflict(self, ev, d):
         pass  # shown in the event log; the candidate's verdict stands
 

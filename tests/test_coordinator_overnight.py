@@ -14,6 +14,7 @@ from test_coordinator_campaign import check_consistent, config, ray_local  # noq
 from coordinator.campaign import Campaign, CampaignError
 from coordinator.state import CampaignState
 from journal import Event
+from journal.views import replay
 
 WAIT_S = 300           # generous deadline of every condition waited on (a loaded machine, tests in parallel)
 
@@ -75,6 +76,7 @@ def test_a_second_coordinator_is_refused_and_resume_keeps_the_worker_count(ray_l
     before = events_of(repo, "own1")
     leases = [ev.data for ev in of_type(before, "coordinator_lease")]
     assert len({d["owner"] for d in leases}) == 1 and leases[-1]["release"]   # the refused ones wrote nothing
+    assert replay(before).unknown == []        # `swarm journal` reads every event a campaign writes
 
     # resumed without --workers: the campaign's own count (1), not the cluster's 2 mlx resources
     reason = Campaign(config(repo, "own1", max_trials=3), resume_only=True, log=lambda m: None).run()
